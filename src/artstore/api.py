@@ -1,0 +1,361 @@
+"""The HTTP layer: the only module that knows about Flask and requests.
+
+It authenticates the caller, turns a request into one call on the store, and renders
+every error - ours, Werkzeug's and unexpected ones - as ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Request, Response, current_app, g, redirect, request, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.security import safe_join
+from werkzeug.utils import send_file
+
+from . import auth
+from .errors import (
+    ArtstoreError,
+    BadRequest,
+    LengthRequired,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    UnsupportedType,
+)
+from .openapi import document
+from .settings import Settings
+from .store import Incoming, Store
+
+log = logging.getLogger("artstore")
+PROBLEM = "application/problem+json"
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_JSON_BYTES = 1024 * 1024
+API_PREFIX = "/artstore"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    tokens: auth.Tokens
+
+
+def services() -> Services:
+    return current_app.extensions["artstore"]  # type: ignore[no-any-return]
+
+
+class UploadRequest(Request):
+    """Multipart files are streamed straight into ``temp_path``, hashed on the way."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> Any:
+        incoming = services().store.receive()
+        g.setdefault("incoming", []).append(incoming)
+        return incoming
+
+
+# ------------------------------------------------------------------ errors
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
+            "request_id": g.get("request_id"), **extra}
+    response = Response(json.dumps(body) + "\n", status=status, mimetype=PROBLEM)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="artstore"'
+    return response
+
+
+def render_error(exc: Exception) -> Response:
+    """The one place errors become responses."""
+    if isinstance(exc, ArtstoreError):
+        if exc.status >= 500:
+            log.error("request %s: %s", g.get("request_id"), exc.detail)
+        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        detail = exc.description or exc.name
+        if code == 413:
+            detail = (f"the request body is larger than the limit of "
+                      f"{current_app.config['MAX_CONTENT_LENGTH']} bytes")
+        response = problem(code, exc.name, detail)
+        if code == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+    log.exception("request %s failed", g.get("request_id"))
+    return problem(500, "Internal Server Error",
+                   "an unexpected error occurred; the server log has the details under "
+                   "this request id")
+
+
+# -------------------------------------------------------------- helpers
+
+
+def caller() -> auth.Caller:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return auth.Caller()
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use 'Authorization: Bearer <token>'")
+    return services().tokens.identify(token.strip())
+
+
+def may_read() -> None:
+    if services().settings.read_requires_token and caller().anonymous:
+        raise Unauthorized("reading needs a bearer token on this server")
+
+
+def site_url() -> str:
+    """Where published files are served: the public_url setting, else this host's root."""
+    return (services().settings.public_url or request.host_url.rstrip("/")) + "/"
+
+
+def json_body() -> Any:
+    if request.mimetype != "application/json":
+        raise UnsupportedType("send the project configuration as application/json")
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise TooLarge(f"a project configuration is limited to {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(request.get_data(cache=False) or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def flag(name: str) -> bool:
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise BadRequest(f"?{name}= takes true or false")
+    return value in ("true", "1", "yes")
+
+
+def created(body: Any, location: str) -> Response:
+    response = current_app.json.response(body)
+    response.status_code = 201
+    response.headers["Location"] = location
+    return response
+
+
+# ------------------------------------------------------------ endpoints
+
+
+def health() -> Any:
+    return {"status": "ok"}
+
+
+def openapi() -> Any:
+    return document(request.script_root)
+
+
+def list_projects() -> Any:
+    may_read()
+    return {"projects": services().store.list_projects()}
+
+
+def create_project(project: str) -> Any:
+    auth.require_admin(caller())
+    body = services().store.create_project(project, json_body())
+    return created(body, url_for("get_project", project=project, _external=True))
+
+
+def get_project(project: str) -> Any:
+    may_read()
+    return services().store.get_project(project)
+
+
+def update_project(project: str) -> Any:
+    auth.require_admin(caller())
+    return services().store.update_project(project, json_body(), prune=flag("prune"))
+
+
+def delete_project(project: str) -> Any:
+    auth.require_admin(caller())
+    services().store.delete_project(project)
+    services().tokens.drop_project(project)
+    return "", 204
+
+
+def upload(project: str, item: str) -> Any:
+    """POST (multipart, file under ``item``) or PUT (raw body) to an item."""
+    auth.require_project(caller(), project)
+    store = services().store
+    store.item_type(project, item)  # 404 before a byte of the body is read
+    limit = services().settings.max_upload_bytes
+    if (request.content_length or 0) > limit:
+        raise TooLarge(f"the upload is larger than the limit of {limit} bytes")
+    if request.method == "PUT":
+        if request.content_length is None and "chunked" not in request.headers.get(
+                "Transfer-Encoding", "").lower():
+            raise LengthRequired("send a Content-Length or use chunked transfer encoding")
+        incoming = store.receive()
+        g.setdefault("incoming", []).append(incoming)
+        incoming.copy_from(request.stream.read)
+        args = request.args.to_dict()
+        filename = args.pop("filename", None)
+        sha256 = request.headers.get("X-Checksum-Sha256") or args.pop("sha256", None)
+        metadata = args
+    else:
+        if request.mimetype != "multipart/form-data":
+            raise UnsupportedType("POST the file as multipart/form-data under key 'item', "
+                                  "or PUT the raw body")
+        file = request.files.get("item")
+        if file is None or not isinstance(file.stream, Incoming):
+            raise BadRequest("the multipart body has no file under key 'item'")
+        incoming = file.stream
+        filename = file.filename
+        fields = request.form.to_dict()
+        sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
+        metadata = fields
+    result = store.publish(project, item, incoming, filename=filename, metadata=metadata,
+                           sha256=sha256, site_url=site_url())
+    return created(result, url_for("get_item", project=project, item=item, _external=True))
+
+
+def get_item(project: str, item: str) -> Any:
+    may_read()
+    return services().store.item_info(project, item, site_url())
+
+
+def latest(project: str, item: str) -> Any:
+    may_read()
+    return redirect(services().store.latest_url(project, item, site_url()), code=302)
+
+
+def rollback(project: str, item: str) -> Any:
+    auth.require_project(caller(), project)
+    release = None
+    if request.get_data(cache=True).strip():
+        body = json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("release"), str):
+            raise BadRequest('send {"release": "<id>"}, or no body for the previous release')
+        release = body["release"]
+    return services().store.rollback(project, item, release, site_url())
+
+
+def delete_file(project: str, item: str, filename: str) -> Any:
+    auth.require_project(caller(), project)
+    services().store.delete_file(project, item, filename)
+    return "", 204
+
+
+def create_token(project: str) -> Any:
+    auth.require_admin(caller())
+    services().store.get_project(project)
+    body = services().tokens.create(project)
+    return created(body, url_for("list_tokens", project=project, _external=True))
+
+
+def list_tokens(project: str) -> Any:
+    auth.require_admin(caller())
+    services().store.get_project(project)
+    return {"tokens": services().tokens.list(project)}
+
+
+def revoke_token(project: str, token_id: str) -> Any:
+    auth.require_admin(caller())
+    services().store.get_project(project)
+    services().tokens.revoke(project, token_id)
+    return "", 204
+
+
+ROUTES = [
+    ("/_health", health, ["GET"]),
+    ("/_openapi.json", openapi, ["GET"]),
+    ("/", list_projects, ["GET"]),
+    ("/<project>", get_project, ["GET"]),
+    ("/<project>", create_project, ["POST"]),
+    ("/<project>", update_project, ["PUT"]),
+    ("/<project>", delete_project, ["DELETE"]),
+    ("/<project>/_tokens", list_tokens, ["GET"]),
+    ("/<project>/_tokens", create_token, ["POST"]),
+    ("/<project>/_tokens/<token_id>", revoke_token, ["DELETE"]),
+    ("/<project>/<item>", get_item, ["GET"]),
+    ("/<project>/<item>", upload, ["POST", "PUT"]),
+    ("/<project>/<item>/latest", latest, ["GET"]),
+    ("/<project>/<item>/rollback", rollback, ["POST"]),
+    ("/<project>/<item>/<filename>", delete_file, ["DELETE"]),
+]
+
+
+# ------------------------------------------------------------ factories
+
+
+def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Flask:
+    """The API as a WSGI app, for ``settings``. Sweeps leftovers of a crash first."""
+    app = Flask("artstore")
+    app.request_class = UploadRequest
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = Store(settings)
+    store.sweep()
+    admin_token = auth.ensure_admin_token(settings.state_dir, environ)
+    app.extensions["artstore"] = Services(settings, store, auth.Tokens(settings.state_dir,
+                                                                       admin_token))
+    for path, view, methods in ROUTES:
+        app.add_url_rule(path, view.__name__, view, methods=methods)
+    app.register_error_handler(Exception, render_error)
+
+    @app.before_request
+    def _request_id() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
+
+    @app.after_request
+    def _tag(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.teardown_request
+    def _discard_uploads(_exc: BaseException | None) -> None:
+        for incoming in g.pop("incoming", []):
+            incoming.discard()
+
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n,  # type: ignore
+                                x_port=n, x_prefix=n)
+    return app
+
+
+def create_files_app(settings: Settings) -> Flask:
+    """Serve ``base_path`` like the sample nginx config: index.html, no dot-paths."""
+    app = Flask("artstore.files")
+    root = str(settings.base_path)
+
+    def serve(path: str = "") -> Any:
+        if any(part.startswith(".") for part in path.split("/")):
+            raise NotFound("not found")
+        target = safe_join(root, path) if path else root
+        if target is None:
+            raise NotFound("not found")
+        if os.path.isdir(target):
+            if path and not path.endswith("/"):
+                return redirect(request.script_root + "/" + path + "/", code=301)
+            target = os.path.join(target, "index.html")
+        if not os.path.isfile(target):
+            raise NotFound(f"/{path} is not published")
+        return send_file(target, request.environ, max_age=0, conditional=True)
+
+    app.add_url_rule("/", "root", serve)
+    app.add_url_rule("/<path:path>", "serve", serve)
+    app.register_error_handler(Exception, render_error)
+    return app
+
+
+def create_site(settings: Settings, environ: dict[str, str] | None = None) -> Any:
+    """What ``artstore serve`` runs: the API, plus the files at / when serve_files is on."""
+    api = create_app(settings, environ)
+    if not settings.serve_files:
+        return api
+    return DispatcherMiddleware(create_files_app(settings), {API_PREFIX: api})

@@ -1,0 +1,134 @@
+"""Bearer tokens: the admin token and per-project tokens.
+
+Project tokens are shown once, stored only as SHA-256 hashes (they are 256-bit random
+secrets, so no salt or slow hash is needed), and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import storage
+from .errors import Forbidden, NotFound, Unauthorized
+
+ADMIN_ENV = "ARTSTORE_ADMIN_TOKEN"
+TOKEN_PREFIX = "ast_"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def ensure_admin_token(state_dir: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The admin token: ``$ARTSTORE_ADMIN_TOKEN``, else ``admin.token`` (made once, 0600)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ADMIN_ENV):
+        return environ[ADMIN_ENV]
+    path = Path(state_dir) / "admin.token"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    token = TOKEN_PREFIX + "admin_" + secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker made it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    print(f"artstore: created the admin token in {path} (mode 0600)", file=sys.stderr)
+    return token
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: ``admin``, a project token's project, or nobody."""
+
+    admin: bool = False
+    project: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.admin and self.project is None
+
+
+class Tokens:
+    """Project tokens in ``tokens.json``: ``{project: [{"id", "hash", "created"}]}``."""
+
+    def __init__(self, state_dir: Path, admin_token: str) -> None:
+        self.path = Path(state_dir) / "tokens.json"
+        self.lock_path = Path(state_dir) / "tokens.lock"
+        self._admin_digest = _digest(admin_token)
+
+    def identify(self, token: str | None) -> Caller:
+        """Map a presented bearer token to a caller; a wrong token is a 401."""
+        if token is None:
+            return Caller()
+        digest = _digest(token)
+        if hmac.compare_digest(digest, self._admin_digest):
+            return Caller(admin=True)
+        found = None
+        for project, entries in storage.read_json(self.path, {}).items():
+            for entry in entries:
+                # Compare against every entry so timing does not reveal which one matched.
+                if hmac.compare_digest(digest, entry["hash"]):
+                    found = project
+        if found is None:
+            raise Unauthorized("the bearer token is not valid")
+        return Caller(project=found)
+
+    def create(self, project: str) -> dict[str, Any]:
+        token_id = secrets.token_hex(6)
+        token = f"{TOKEN_PREFIX}{project}_{secrets.token_urlsafe(32)}"
+        entry = {"id": token_id, "hash": _digest(token), "created": _now()}
+        with storage.locked(self.lock_path):
+            data = storage.read_json(self.path, {})
+            data.setdefault(project, []).append(entry)
+            storage.write_json(self.path, data, mode=0o600)
+        return {"id": token_id, "token": token, "created": entry["created"]}
+
+    def list(self, project: str) -> list[dict[str, str]]:
+        entries = storage.read_json(self.path, {}).get(project, [])
+        return [{"id": e["id"], "created": e["created"]} for e in entries]
+
+    def revoke(self, project: str, token_id: str) -> None:
+        with storage.locked(self.lock_path):
+            data = storage.read_json(self.path, {})
+            entries = data.get(project, [])
+            kept = [e for e in entries if e["id"] != token_id]
+            if len(kept) == len(entries):
+                raise NotFound(f"project {project!r} has no token {token_id!r}")
+            data[project] = kept
+            storage.write_json(self.path, data, mode=0o600)
+
+    def drop_project(self, project: str) -> None:
+        with storage.locked(self.lock_path):
+            data = storage.read_json(self.path, {})
+            if data.pop(project, None) is not None:
+                storage.write_json(self.path, data, mode=0o600)
+
+
+def require_admin(caller: Caller) -> None:
+    if caller.anonymous:
+        raise Unauthorized("this call needs a bearer token")
+    if not caller.admin:
+        raise Forbidden("this call needs the admin token")
+
+
+def require_project(caller: Caller, project: str) -> None:
+    if caller.anonymous:
+        raise Unauthorized("this call needs a bearer token")
+    if not caller.admin and caller.project != project:
+        raise Forbidden(f"this token may not change project {project!r}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

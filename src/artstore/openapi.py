@@ -1,0 +1,259 @@
+"""The OpenAPI 3.0 description of the API, served at ``/_openapi.json``.
+
+A test compares its paths and methods with the app's routes, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+
+
+def _param(name: str, schema: dict[str, Any] | None = None, where: str = "path",
+           description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path",
+            "schema": schema or NAME, "description": description}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): {"$ref": f"#/components/responses/Problem{code}"} for code in codes}
+
+
+PROJECT, ITEM = _param("project"), _param("item")
+WRITE_ERRORS = (400, 401, 403, 404)
+UPLOAD_ERRORS = (400, 401, 403, 404, 409, 411, 413, 415, 422, 507)
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"}, "detail": {"type": "string"},
+                       "request_id": {"type": "string", "nullable": True}},
+    },
+    "ItemSettings": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["html", "tgz", "zip", "collection"]},
+            "keep": {"type": "integer", "minimum": 1, "maximum": 10000,
+                     "description": "releases kept (html, tgz, zip)"},
+            "depth": {"type": "integer", "minimum": 1, "maximum": 10000,
+                      "description": "files kept (collection)"},
+        },
+        "additionalProperties": False,
+    },
+    "ProjectConfig": {
+        "type": "object",
+        "properties": {
+            "description": {"type": "string", "maxLength": 1000},
+            "items": {"type": "object", "additionalProperties": _ref("ItemSettings")},
+        },
+        "additionalProperties": False,
+    },
+    "ProjectList": {
+        "type": "object",
+        "required": ["projects"],
+        "properties": {"projects": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "description", "items"],
+            "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                           "items": {"type": "array", "items": {"type": "string"}},
+                           "last_publish": {"type": "string", "nullable": True}},
+        }}},
+    },
+    "Project": {
+        "type": "object",
+        "required": ["name", "description", "items"],
+        "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "items": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["type", "live"],
+                "properties": {"type": {"type": "string"},
+                               "keep": {"type": "integer"}, "depth": {"type": "integer"},
+                               "live": {"type": "string", "nullable": True},
+                               "last_publish": {"type": "string", "nullable": True}},
+            }},
+        },
+    },
+    "Metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    "Upload": {
+        "type": "object",
+        "required": ["project", "item", "release", "sha256", "size", "files", "url",
+                     "metadata", "warnings"],
+        "properties": {
+            "project": {"type": "string"}, "item": {"type": "string"},
+            "release": {"type": "string",
+                        "description": "release id; for a collection, the file name"},
+            "sha256": {"type": "string"}, "size": {"type": "integer"},
+            "files": {"type": "integer"}, "url": {"type": "string"},
+            "metadata": _ref("Metadata"),
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "unwrapped": {"type": "string", "nullable": True,
+                          "description": "the single top-level directory that was published"},
+        },
+    },
+    "Item": {
+        "type": "object",
+        "required": ["name", "type", "live"],
+        "properties": {
+            "name": {"type": "string"}, "type": {"type": "string"},
+            "live": {"type": "string", "nullable": True}, "url": {"type": "string"},
+            "keep": {"type": "integer"}, "depth": {"type": "integer"},
+            "releases": {"type": "array", "items": {
+                "type": "object",
+                "required": ["release", "created", "sha256", "size", "files", "metadata"],
+                "properties": {"release": {"type": "string"}, "created": {"type": "string"},
+                               "sha256": {"type": "string"}, "size": {"type": "integer"},
+                               "files": {"type": "integer"}, "metadata": _ref("Metadata")},
+            }},
+            "files": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "size", "sha256", "created", "metadata", "url"],
+                "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
+                               "sha256": {"type": "string"}, "created": {"type": "string"},
+                               "metadata": _ref("Metadata"), "url": {"type": "string"}},
+            }},
+        },
+    },
+    "NewToken": {
+        "type": "object", "required": ["id", "token"],
+        "properties": {"id": {"type": "string"}, "token": {"type": "string"},
+                       "created": {"type": "string"}},
+    },
+    "TokenList": {
+        "type": "object", "required": ["tokens"],
+        "properties": {"tokens": {"type": "array", "items": {
+            "type": "object", "required": ["id", "created"],
+            "properties": {"id": {"type": "string"}, "created": {"type": "string"}}}}},
+    },
+}
+
+UPLOAD_QUERY = [
+    _param("filename", {"type": "string"}, "query",
+           "file name for html and collection items (PUT only)"),
+    _param("sha256", {"type": "string"}, "query", "expected SHA-256 of the body"),
+    _param("X-Checksum-Sha256", {"type": "string"}, "header", "expected SHA-256 of the upload"),
+]
+
+
+def _paths() -> dict[str, Any]:
+    created = {"201": _json(_ref("Upload"), "published")}
+    return {
+        "/_health": {"get": {"summary": "liveness probe", "security": [],
+                             "responses": {"200": _json({"type": "object"}, "ok")}}},
+        "/_openapi.json": {"get": {"summary": "this document", "security": [],
+                                   "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/": {"get": {"summary": "list projects",
+                      "responses": {"200": _json(_ref("ProjectList"), "projects"),
+                                    **_errors(401)}}},
+        "/{project}": {
+            "parameters": [PROJECT],
+            "get": {"summary": "a project's configuration and item states",
+                    "responses": {"200": _json(_ref("Project"), "the project"),
+                                  **_errors(400, 401, 404)}},
+            "post": {"summary": "create a project (admin)",
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _ref("ProjectConfig")}}},
+                     "responses": {"201": _json(_ref("Project"), "created"),
+                                   **_errors(400, 401, 403, 409, 413, 415)}},
+            "put": {"summary": "replace a project's configuration (admin)",
+                    "parameters": [_param("prune", {"type": "boolean"}, "query",
+                                          "allow removing items or changing their type")],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("ProjectConfig")}}},
+                    "responses": {"200": _json(_ref("Project"), "updated"),
+                                  **_errors(*WRITE_ERRORS, 409, 413, 415)}},
+            "delete": {"summary": "delete a project, its files and its tokens (admin)",
+                       "responses": {"204": {"description": "deleted"},
+                                     **_errors(*WRITE_ERRORS)}},
+        },
+        "/{project}/_tokens": {
+            "parameters": [PROJECT],
+            "get": {"summary": "list a project's tokens (admin)",
+                    "responses": {"200": _json(_ref("TokenList"), "tokens"),
+                                  **_errors(*WRITE_ERRORS)}},
+            "post": {"summary": "create a project token (admin); shown only in this answer",
+                     "responses": {"201": _json(_ref("NewToken"), "the new token"),
+                                   **_errors(*WRITE_ERRORS)}},
+        },
+        "/{project}/_tokens/{token_id}": {
+            "parameters": [PROJECT, _param("token_id", {"type": "string"})],
+            "delete": {"summary": "revoke a project token (admin)",
+                       "responses": {"204": {"description": "revoked"},
+                                     **_errors(*WRITE_ERRORS)}},
+        },
+        "/{project}/{item}": {
+            "parameters": [PROJECT, ITEM],
+            "get": {"summary": "the item: live release, kept releases or collection files",
+                    "responses": {"200": _json(_ref("Item"), "the item"),
+                                  **_errors(400, 401, 404)}},
+            "post": {"summary": "upload as multipart/form-data, file under key 'item'",
+                     "parameters": UPLOAD_QUERY[2:],
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {
+                         "schema": {"type": "object", "required": ["item"],
+                                    "properties": {"item": {"type": "string",
+                                                            "format": "binary"},
+                                                   "sha256": {"type": "string"}},
+                                    "additionalProperties": {"type": "string"}}}}},
+                     "responses": {**created, **_errors(*UPLOAD_ERRORS)}},
+            "put": {"summary": "upload the raw request body; other query parameters are "
+                               "metadata",
+                    "parameters": UPLOAD_QUERY,
+                    "requestBody": {"required": True, "content": {"application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {**created, **_errors(*UPLOAD_ERRORS)}},
+        },
+        "/{project}/{item}/latest": {
+            "parameters": [PROJECT, ITEM],
+            "get": {"summary": "redirect to the newest file of a collection",
+                    "responses": {"302": {"description": "to the newest file"},
+                                  **_errors(400, 401, 404)}},
+        },
+        "/{project}/{item}/rollback": {
+            "parameters": [PROJECT, ITEM],
+            "post": {"summary": "make a kept release live again",
+                     "requestBody": {"required": False, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["release"],
+                                    "properties": {"release": {"type": "string"}}}}}},
+                     "responses": {"200": _json(_ref("Item"), "the item after the rollback"),
+                                   **_errors(*WRITE_ERRORS, 409, 415)}},
+        },
+        "/{project}/{item}/{filename}": {
+            "parameters": [PROJECT, ITEM, _param("filename", {"type": "string"})],
+            "delete": {"summary": "remove one file from a collection",
+                       "responses": {"204": {"description": "removed"},
+                                     **_errors(*WRITE_ERRORS, 409)}},
+        },
+    }
+
+
+def document(script_root: str = "") -> dict[str, Any]:
+    codes = (400, 401, 403, 404, 409, 411, 413, 415, 422, 507)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "artstore", "version": __version__,
+                 "description": "Publish what CI builds; nginx serves it."},
+        "servers": [{"url": script_root or "/"}],
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+            "responses": {f"Problem{code}": {
+                "description": "problem",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+            } for code in codes},
+        },
+    }

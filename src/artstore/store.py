@@ -1,0 +1,698 @@
+"""The store: projects, items, releases and collections on disk.
+
+Layout, for project ``p`` and item ``i``::
+
+    base_path/p/i                -> symlink to .artstore/i/<release>   (what is live)
+    base_path/p/.artstore/i/<release>/   kept releases (or the collection's files)
+    base_path/p/.artstore/i/.tmp-*       staging, swept when abandoned
+    state_dir/items/p/i.json             the item's releases or files, and which is live
+    state_dir/items/p/i.lock             serialises changes to the item across processes
+
+Publishing stages a release beside the live tree, records it in the item's state file
+(the commit point), then swaps the symlink in one atomic rename. Whatever instant a
+process dies at, the next start (``sweep``) brings the symlink and the state file back
+into agreement and removes leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import quote
+
+from . import archive, pages, storage
+from .errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooLarge,
+    Unprocessable,
+    UnsupportedType,
+)
+from .names import check_filename, check_name
+from .registry import RELEASE_TYPES, Registry, normalise_project
+from .settings import Settings
+
+BOOKKEEPING = ".artstore"
+CHUNK = 1024 * 1024
+META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_META_ITEMS = 50
+MAX_META_VALUE = 1024
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def check_metadata(fields: dict[str, str]) -> dict[str, str]:
+    """Metadata sent with an upload: a few short string fields with plain keys."""
+    if len(fields) > MAX_META_ITEMS:
+        raise BadRequest(f"at most {MAX_META_ITEMS} metadata fields are accepted")
+    for key, value in fields.items():
+        if not META_KEY_RE.fullmatch(key):
+            raise BadRequest(f"invalid metadata key {key!r}: use letters, digits, . _ -")
+        if len(value) > MAX_META_VALUE:
+            raise BadRequest(f"metadata field {key!r} is longer than {MAX_META_VALUE} characters")
+    return dict(fields)
+
+
+class Incoming:
+    """An upload being received into ``temp_path``: hashed and counted as it is written.
+
+    It is the only copy of the body the service makes; publishing moves it into place
+    when ``temp_path`` shares a filesystem with ``base_path``. While open it holds an
+    ``flock``, so a sweep in another worker never removes it.
+    """
+
+    def __init__(self, temp_dir: Path, limit: int) -> None:
+        fd, path = tempfile.mkstemp(dir=temp_dir, prefix=storage.TMP_PREFIX + "upload-")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.path = Path(path)
+        self.file = os.fdopen(fd, "w+b", buffering=0)
+        self.limit = limit
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise TooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+        self._hash.update(data)
+        with storage.disk_errors("receiving the upload"):
+            view = memoryview(data)
+            while view:
+                view = view[self.file.write(view):]
+        return len(data)
+
+    def copy_from(self, read: Callable[[int], bytes]) -> None:
+        """Drain a body stream into the file in large chunks."""
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            self.write(chunk)
+
+    # Werkzeug's multipart parser rewinds the container it wrote to.
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Close and delete the temp file (if publishing did not move it away)."""
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Store:
+    """The domain: every operation the API offers, on the filesystem, no HTTP."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base = settings.base_path
+        self.registry = Registry(settings.state_dir)
+        self.items_state = settings.state_dir / "items"
+        self.limits = archive.Limits(
+            max_bytes=settings.max_extract_bytes,
+            max_members=settings.max_members,
+            max_path_bytes=settings.max_path_bytes,
+            max_depth=settings.max_path_depth,
+            max_component_bytes=settings.max_name_bytes,
+            max_ratio=settings.max_ratio,
+        )
+        for path in (self.base, settings.temp_path, self.items_state):
+            path.mkdir(parents=True, exist_ok=True)
+        self.registry.load()  # a broken projects.json stops start-up here
+
+    # ------------------------------------------------------------------ paths
+
+    def _item_dir(self, project: str, item: str) -> Path:
+        return self.base / project / BOOKKEEPING / item
+
+    def _state_path(self, project: str, item: str) -> Path:
+        return self.items_state / project / f"{item}.json"
+
+    @contextlib.contextmanager
+    def _item_lock(self, project: str, item: str) -> Iterator[None]:
+        folder = self.items_state / project
+        folder.mkdir(parents=True, exist_ok=True)
+        with storage.locked(folder / f"{item}.lock"):
+            yield
+
+    def _read_state(self, project: str, item: str, kind: str) -> dict[str, Any]:
+        state = storage.read_json(self._state_path(project, item), None)
+        if state is None or state.get("type") != kind:
+            key = "files" if kind == "collection" else "releases"
+            state = {"type": kind, "live": None, key: []}
+        return state
+
+    def _write_state(self, project: str, item: str, state: dict[str, Any]) -> None:
+        storage.write_json(self._state_path(project, item), state)
+
+    def _point_live(self, project: str, item: str, release: str | None) -> None:
+        link = self.base / project / item
+        if release is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            return
+        storage.swap_symlink(link, f"{BOOKKEEPING}/{item}/{release}", tmp_tag=f"{item}+")
+
+    def _live_target(self, project: str, item: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(self.base / project / item))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def _staging(self, project: str, item: str) -> tuple[Path, int]:
+        folder = self._item_dir(project, item)
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=storage.TMP_PREFIX + "stage-"))
+        os.chmod(stage, 0o755)
+        return stage, storage.hold_claim(stage)
+
+    # --------------------------------------------------------------- projects
+
+    def _project(self, name: str) -> dict[str, Any]:
+        check_name(name, "project name")
+        conf = self.registry.get(name)
+        if conf is None:
+            raise NotFound(f"project {name!r} does not exist")
+        return conf
+
+    def _item_conf(self, project: str, item: str) -> dict[str, Any]:
+        conf = self._project(project)
+        check_name(item, "item name")
+        if item not in conf["items"]:
+            raise NotFound(f"project {project!r} has no item {item!r}")
+        return conf["items"][item]
+
+    def item_type(self, project: str, item: str) -> str:
+        """The item's type; 404 if the project or item does not exist."""
+        return str(self._item_conf(project, item)["type"])
+
+    def _effective(self, conf: dict[str, Any]) -> dict[str, Any]:
+        if conf["type"] == "collection":
+            return {"type": "collection", "depth": conf.get("depth", self.settings.default_depth)}
+        return {"type": conf["type"], "keep": conf.get("keep", self.settings.default_keep)}
+
+    def last_publish(self, project: str, item: str) -> str | None:
+        """When the live release was swapped in: the mtime of the live symlink."""
+        try:
+            st = os.lstat(self.base / project / item)
+        except FileNotFoundError:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        out = []
+        for name, conf in sorted(self.registry.load().items()):
+            times = [t for t in (self.last_publish(name, i) for i in conf["items"]) if t]
+            out.append({"name": name, "description": conf["description"],
+                        "items": sorted(conf["items"]), "last_publish": max(times, default=None)})
+        return out
+
+    def get_project(self, name: str) -> dict[str, Any]:
+        conf = self._project(name)
+        items = {}
+        for item, item_conf in sorted(conf["items"].items()):
+            state = self._read_state(name, item, item_conf["type"])
+            items[item] = {**self._effective(item_conf), "live": state["live"],
+                           "last_publish": self.last_publish(name, item)}
+        return {"name": name, "description": conf["description"], "items": items}
+
+    def create_project(self, name: str, body: Any) -> dict[str, Any]:
+        check_name(name, "project name")
+        conf = normalise_project(body)
+
+        def add(projects: dict[str, Any]) -> None:
+            if name in projects:
+                raise Conflict(f"project {name!r} already exists")
+            projects[name] = conf
+
+        self.registry.change(add)
+        (self.base / name).mkdir(exist_ok=True)
+        self._write_project_page(name)
+        self._write_root_page()
+        return self.get_project(name)
+
+    def update_project(self, name: str, body: Any, prune: bool) -> dict[str, Any]:
+        """Replace a project's configuration. Never deletes data unless ``prune`` says so."""
+        check_name(name, "project name")
+        new = normalise_project(body)
+
+        def replace(projects: dict[str, Any]) -> dict[str, Any]:
+            if name not in projects:
+                raise NotFound(f"project {name!r} does not exist")
+            old = projects[name]
+            affected = sorted(
+                item for item, conf in old["items"].items()
+                if item not in new["items"] or new["items"][item]["type"] != conf["type"]
+            )
+            if affected and not prune:
+                raise Conflict(
+                    "this change would delete the published data of "
+                    f"{', '.join(map(repr, affected))}; repeat it with ?prune=true to do so",
+                    items=affected,
+                )
+            projects[name] = new
+            return old
+
+        old = self.registry.change(replace)
+        for item, conf in old["items"].items():
+            if item not in new["items"] or new["items"][item]["type"] != conf["type"]:
+                self._drop_item(name, item)
+        for item, conf in new["items"].items():
+            self._prune(name, item, conf)
+        self._write_project_page(name)
+        self._write_root_page()
+        return self.get_project(name)
+
+    def delete_project(self, name: str) -> None:
+        check_name(name, "project name")
+
+        def remove(projects: dict[str, Any]) -> None:
+            if projects.pop(name, None) is None:
+                raise NotFound(f"project {name!r} does not exist")
+
+        self.registry.change(remove)
+        storage.remove_tree(self.base / name)
+        storage.remove_tree(self.items_state / name)
+        self._write_root_page()
+
+    # ----------------------------------------------------------------- upload
+
+    def receive(self) -> Incoming:
+        return Incoming(self.settings.temp_path, self.settings.max_upload_bytes)
+
+    def publish(
+        self,
+        project: str,
+        item: str,
+        upload: Incoming,
+        *,
+        filename: str | None,
+        metadata: dict[str, str],
+        sha256: str | None,
+        site_url: str,
+    ) -> dict[str, Any]:
+        """Publish a received upload to an item; the caller discards ``upload`` afterwards."""
+        conf = self._item_conf(project, item)
+        metadata = check_metadata(metadata)
+        if sha256 is not None and sha256.strip().lower() != upload.sha256:
+            raise Unprocessable(
+                f"sha256 mismatch: the client said {sha256.strip()!r}, the upload has "
+                f"{upload.sha256!r}; nothing was published"
+            )
+        upload.file.flush()
+        entry = {"sha256": upload.sha256, "size": upload.size, "created": now(),
+                 "metadata": metadata}
+        if conf["type"] == "collection":
+            result = self._publish_collection_file(project, item, conf, upload, filename, entry)
+        else:
+            result = self._publish_release(project, item, conf, upload, filename, entry)
+        self._write_project_page(project)
+        return {"project": project, "item": item, "sha256": entry["sha256"],
+                "size": entry["size"], "metadata": metadata,
+                **result, "url": site_url + result["url"]}
+
+    def _publish_release(self, project: str, item: str, conf: dict[str, Any],
+                         upload: Incoming, filename: str | None,
+                         entry: dict[str, Any]) -> dict[str, Any]:
+        stage, claim = self._staging(project, item)
+        try:
+            with storage.disk_errors("extracting the upload"):
+                warnings: list[str] = []
+                unwrapped = None
+                if conf["type"] == "html":
+                    name = _html_name(filename)
+                    _check_html(upload)
+                    _place(upload, stage / name)
+                    files, page = 1, ("" if name == "index.html" else quote(name))
+                else:
+                    if not archive.sniff(conf["type"], str(upload.path)):
+                        expected = ("a gzip-compressed tar archive" if conf["type"] == "tgz"
+                                    else "a zip archive")
+                        raise UnsupportedType(f"item {item!r} takes {expected}; "
+                                              "the upload is not one")
+                    done = archive.extract(conf["type"], str(upload.path), str(stage),
+                                           self.limits)
+                    warnings, files, page = list(done.warnings), done.files, ""
+                    unwrapped = done.root or None
+                storage.sync_filesystem(stage)
+                entry = {**entry, "files": files}
+                with self._item_lock(project, item):
+                    self._still_configured(project, item, conf)
+                    state = self._read_state(project, item, conf["type"])
+                    release = _new_id({r["release"] for r in state["releases"]})
+                    os.rename(stage, self._item_dir(project, item) / release)
+                    state["releases"].append({"release": release, **entry})
+                    state["live"] = release
+                    self._write_state(project, item, state)  # the commit point
+                    self._point_live(project, item, release)
+                    self._prune_locked(project, item, conf, state)
+        finally:
+            os.close(claim)
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return {"release": release, "files": files, "warnings": warnings,
+                "unwrapped": unwrapped, "url": f"{quote(project)}/{quote(item)}/{page}"}
+
+    def _publish_collection_file(self, project: str, item: str, conf: dict[str, Any],
+                                 upload: Incoming, filename: str | None,
+                                 entry: dict[str, Any]) -> dict[str, Any]:
+        if not filename:
+            raise BadRequest("a collection upload needs a file name "
+                             "(the multipart file name, or ?filename= with PUT)")
+        name = check_filename(_base_name(filename))
+        self._refuse_existing(project, item, conf, name)
+        stage, claim = self._staging(project, item)
+        try:
+            with storage.disk_errors("storing the upload"):
+                _place(upload, stage / name)
+                storage.sync_filesystem(stage)
+                with self._item_lock(project, item):
+                    self._still_configured(project, item, conf)
+                    state = self._refuse_existing(project, item, conf, name)
+                    files = state["files"] + [{"name": name, **entry}]
+                    state = self._commit_collection(project, item, conf, state, files, stage)
+        finally:
+            os.close(claim)
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return {"release": name, "files": len(state["files"]), "warnings": [],
+                "unwrapped": None, "url": f"{quote(project)}/{quote(item)}/{quote(name)}"}
+
+    def _refuse_existing(self, project: str, item: str, conf: dict[str, Any],
+                         name: str) -> dict[str, Any]:
+        state = self._read_state(project, item, conf["type"])
+        if any(f["name"] == name for f in state["files"]):
+            raise Conflict(f"{project}/{item} already has a file named {name!r}; "
+                           "delete it first to replace it")
+        return state
+
+    def _commit_collection(self, project: str, item: str, conf: dict[str, Any],
+                           state: dict[str, Any], files: list[dict[str, Any]],
+                           stage: Path) -> dict[str, Any]:
+        """Make ``files`` (oldest first) the collection, keeping the newest ``depth``.
+
+        ``stage`` already holds any new file; the kept ones are hard-linked in from the
+        live generation, so the cost follows ``depth``, not the collection's history.
+        Called with the item lock held.
+        """
+        depth = self._effective(conf)["depth"]
+        files = files[-depth:]
+        live_dir = self._item_dir(project, item) / state["live"] if state["live"] else None
+        for f in files:
+            target = stage / f["name"]
+            if not target.exists() and live_dir is not None:
+                os.link(live_dir / f["name"], target)
+        newest_first = list(reversed(files))
+        listing = [{**f, "url": quote(f["name"])} for f in newest_first]
+        _write_file(stage / "index.html", pages.collection_page(project, item, newest_first))
+        index = {"project": project, "item": item, "files": listing,
+                 "latest": listing[0] if listing else None}
+        _write_file(stage / "index.json",
+                    (json.dumps(index, indent=1) + "\n").encode())
+        storage.sync_filesystem(stage)
+        generation = _new_id({state["live"]} if state["live"] else set())
+        os.rename(stage, self._item_dir(project, item) / generation)
+        old = state["live"]
+        state = {"type": "collection", "live": generation, "files": files}
+        self._write_state(project, item, state)  # the commit point
+        self._point_live(project, item, generation)
+        if old:
+            storage.remove_tree(self._item_dir(project, item) / old)
+        return state
+
+    def _still_configured(self, project: str, item: str, conf: dict[str, Any]) -> None:
+        """A project or item deleted or retyped while the upload ran wins over the upload."""
+        current = self.registry.get(project)
+        if current is None or current["items"].get(item, {}).get("type") != conf["type"]:
+            raise Conflict(f"{project}/{item} was removed or changed while uploading; "
+                           "nothing was published")
+
+    # ------------------------------------------------------------ item reads
+
+    def item_info(self, project: str, item: str, site_url: str) -> dict[str, Any]:
+        conf = self._item_conf(project, item)
+        state = self._read_state(project, item, conf["type"])
+        if conf["type"] == "collection":
+            prefix = f"{site_url}{quote(project)}/{quote(item)}/"
+            files = [{**f, "url": prefix + quote(f["name"])} for f in reversed(state["files"])]
+            return {"name": item, "type": "collection", **self._effective(conf),
+                    "live": state["live"], "url": prefix, "files": files}
+        return {"name": item, **self._effective(conf), "live": state["live"],
+                "url": f"{site_url}{quote(project)}/{quote(item)}/",
+                "releases": list(reversed(state["releases"]))}
+
+    def latest_url(self, project: str, item: str, site_url: str) -> str:
+        info = self.item_info(project, item, site_url)
+        if info["type"] != "collection":
+            raise NotFound(f"{project}/{item} is not a collection")
+        if not info["files"]:
+            raise NotFound(f"{project}/{item} has no files yet")
+        return str(info["files"][0]["url"])
+
+    # -------------------------------------------------------- item changes
+
+    def rollback(self, project: str, item: str, release: str | None,
+                 site_url: str) -> dict[str, Any]:
+        conf = self._item_conf(project, item)
+        if conf["type"] not in RELEASE_TYPES:
+            raise Conflict(f"{project}/{item} is a collection; collections have no releases "
+                           "to roll back to")
+        with self._item_lock(project, item):
+            state = self._read_state(project, item, conf["type"])
+            ids = [r["release"] for r in state["releases"]]
+            if release is None:
+                position = ids.index(state["live"]) if state["live"] in ids else 0
+                if position == 0:
+                    raise Conflict(f"{project}/{item} has no release before the live one "
+                                   "to roll back to")
+                release = ids[position - 1]
+            elif release not in ids:
+                raise NotFound(f"{project}/{item} has no kept release {release!r}")
+            elif release == state["live"]:
+                raise Conflict(f"release {release!r} is already live")
+            state["live"] = release
+            self._write_state(project, item, state)
+            self._point_live(project, item, release)
+        self._write_project_page(project)
+        return self.item_info(project, item, site_url)
+
+    def delete_file(self, project: str, item: str, filename: str) -> None:
+        conf = self._item_conf(project, item)
+        if conf["type"] != "collection":
+            raise Conflict(f"{project}/{item} is not a collection; files are removed by "
+                           "publishing a new release")
+        with self._item_lock(project, item):
+            state = self._read_state(project, item, conf["type"])
+            files = [f for f in state["files"] if f["name"] != filename]
+            if len(files) == len(state["files"]):
+                raise NotFound(f"{project}/{item} has no file named {filename!r}")
+            stage, claim = self._staging(project, item)
+            try:
+                self._commit_collection(project, item, conf, state, files, stage)
+            finally:
+                os.close(claim)
+                if stage.exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+        self._write_project_page(project)
+
+    def _prune(self, project: str, item: str, conf: dict[str, Any]) -> None:
+        with self._item_lock(project, item):
+            state = self._read_state(project, item, conf["type"])
+            self._prune_locked(project, item, conf, state)
+
+    def _prune_locked(self, project: str, item: str, conf: dict[str, Any],
+                      state: dict[str, Any]) -> None:
+        """Apply ``keep`` or ``depth`` to an item; the live release always stays."""
+        if conf["type"] == "collection":
+            depth = self._effective(conf)["depth"]
+            if len(state["files"]) > depth:
+                stage, claim = self._staging(project, item)
+                try:
+                    self._commit_collection(project, item, conf, state, state["files"], stage)
+                finally:
+                    os.close(claim)
+                    if stage.exists():
+                        shutil.rmtree(stage, ignore_errors=True)
+            return
+        keep = self._effective(conf)["keep"]
+        releases = state["releases"]
+        kept = {state["live"]} if state["live"] else set()
+        for r in reversed(releases):
+            if len(kept) >= keep:
+                break
+            kept.add(r["release"])
+        doomed = [r["release"] for r in releases if r["release"] not in kept]
+        if doomed:
+            state["releases"] = [r for r in releases if r["release"] in kept]
+            self._write_state(project, item, state)
+            for release in doomed:
+                storage.remove_tree(self._item_dir(project, item) / release)
+
+    def _drop_item(self, project: str, item: str) -> None:
+        with self._item_lock(project, item):
+            self._point_live(project, item, None)
+            storage.remove_tree(self._item_dir(project, item))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._state_path(project, item))
+
+    # ---------------------------------------------------------------- pages
+
+    def _write_project_page(self, project: str) -> None:
+        folder = self.items_state / project
+        folder.mkdir(parents=True, exist_ok=True)
+        with storage.locked(folder / "pages.lock"):
+            conf = self.registry.get(project)
+            if conf is None:
+                return
+            items = [{"name": name, "type": c["type"],
+                      "published": self.last_publish(project, name)}
+                     for name, c in sorted(conf["items"].items())]
+            _write_page(self.base / project / "index.html",
+                        pages.project_page(project, conf["description"], items))
+
+    def _write_root_page(self) -> None:
+        with storage.locked(self.settings.state_dir / "pages.lock"):
+            projects = [{"name": n, "description": c["description"], "items": c["items"]}
+                        for n, c in sorted(self.registry.load().items())]
+            _write_page(self.base / "index.html", pages.root_page(projects))
+
+    # ---------------------------------------------------------------- sweep
+
+    def sweep(self) -> None:
+        """Bring disk and state back into agreement after a crash; remove leftovers.
+
+        Safe to run while other workers serve: uploads and staging in use are claimed
+        with ``flock``, and each item is swept under its lock.
+        """
+        storage.sweep_temp_entries(self.settings.temp_path)
+        storage.sweep_temp_entries(self.base)
+        storage.sweep_temp_entries(self.settings.state_dir)
+        projects = self.registry.load()
+        for entry in os.scandir(self.base):
+            if (entry.is_dir(follow_symlinks=False) and entry.name not in projects
+                    and os.path.isdir(os.path.join(entry.path, BOOKKEEPING))):
+                storage.remove_tree(Path(entry.path))  # a delete that was cut short
+        if self.items_state.is_dir():
+            for entry in os.scandir(self.items_state):
+                if entry.name not in projects and not entry.name.startswith("."):
+                    storage.remove_tree(Path(entry.path))
+        for name, conf in projects.items():
+            (self.base / name).mkdir(exist_ok=True)
+            storage.sweep_temp_entries(self.base / name)
+            storage.sweep_temp_entries(self.items_state / name)
+            for item, item_conf in conf["items"].items():
+                self._sweep_item(name, item, item_conf)
+            self._write_project_page(name)
+        self._write_root_page()
+
+    def _sweep_item(self, project: str, item: str, conf: dict[str, Any]) -> None:
+        with self._item_lock(project, item):
+            storage.sweep_temp_entries(self.base / project, symlink_tag=f"{item}+")
+            folder = self._item_dir(project, item)
+            storage.sweep_temp_entries(folder)
+            state = self._read_state(project, item, conf["type"])
+            before = json.dumps(state, sort_keys=True)
+            on_disk = set()
+            if folder.is_dir():
+                on_disk = {e.name for e in os.scandir(folder)
+                           if not e.name.startswith(storage.TMP_PREFIX)}
+            if conf["type"] == "collection":
+                if state["live"] not in on_disk:
+                    state = {"type": "collection", "live": None, "files": []}
+                known = {state["live"]} if state["live"] else set()
+            else:
+                state["releases"] = [r for r in state["releases"] if r["release"] in on_disk]
+                known = {r["release"] for r in state["releases"]}
+                if state["live"] not in known:
+                    state["live"] = state["releases"][-1]["release"] if known else None
+            for stray in on_disk - known:
+                storage.remove_tree(folder / stray)
+            if json.dumps(state, sort_keys=True) != before:
+                self._write_state(project, item, state)
+            if self._live_target(project, item) != state["live"]:
+                self._point_live(project, item, state["live"])
+            if state["live"]:
+                self._prune_locked(project, item, conf, state)
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _new_id(taken: set[str]) -> str:
+    """A release id: sortable by time, readable, unique within the item."""
+    while True:
+        release = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
+        if release not in taken:
+            return release
+
+
+def _base_name(filename: str) -> str:
+    # Browsers and some clients send a path; only its last component is a name.
+    return re.split(r"[/\\]", filename)[-1]
+
+
+def _html_name(filename: str | None) -> str:
+    name = check_filename(_base_name(filename)) if filename else "index.html"
+    if not name.lower().endswith((".html", ".htm")):
+        raise UnsupportedType(f"an html item takes one .html or .htm file, not {name!r}")
+    return name
+
+
+def _check_html(upload: Incoming) -> None:
+    upload.seek(0)
+    while True:
+        chunk = upload.read(CHUNK)
+        if not chunk:
+            return
+        if b"\0" in chunk:
+            raise UnsupportedType("an html item takes a text .html file; the upload holds "
+                                  "NUL bytes, so it is not one")
+
+
+def _place(upload: Incoming, target: Path) -> None:
+    """Move the received file into staging; copy only across filesystems."""
+    try:
+        os.link(upload.path, target)
+    except OSError:
+        upload.seek(0)
+        with open(target, "xb") as out:
+            shutil.copyfileobj(upload.file, out, CHUNK)
+    os.chmod(target, 0o644)
+
+
+def _write_page(path: Path, data: bytes) -> None:
+    """Atomically replace a generated page, unless it already says exactly that."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    storage.atomic_write(path, data)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o644)

@@ -1,0 +1,135 @@
+"""Fixtures: a fresh app per test on temp directories, and a real ``artstore serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from artstore import settings as settings_mod
+from artstore.api import create_app
+
+ADMIN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def write_config(folder: Path, **overrides: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"base_path": str(folder / "public"), "temp_path": str(folder / "tmp"),
+              **overrides}
+    path = folder / "artstore.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "state")
+
+
+@pytest.fixture
+def settings(config_path: Path) -> settings_mod.Settings:
+    return settings_mod.load(config_path, environ={})
+
+
+@pytest.fixture
+def app(settings: settings_mod.Settings) -> Any:
+    return create_app(settings, environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def make_project(client: Any) -> Any:
+    def make(name: str = "demo", items: dict[str, Any] | None = None) -> dict[str, Any]:
+        items = items if items is not None else {
+            "docs": {"type": "tgz"}, "site": {"type": "zip"}, "report": {"type": "html"},
+            "builds": {"type": "collection", "depth": 3}}
+        r = client.post(f"/{name}", json={"items": items}, headers=AUTH)
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real ``artstore serve`` (gunicorn) in a subprocess."""
+
+    url: str
+    root: str  # where published files are served ("" when the API is at /)
+    proc: subprocess.Popen[bytes]
+    cwd: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    api_prefix: str = ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def restart(self) -> Server:
+        self.stop()
+        return start_server(self.cwd, self.args, self.env, self.log, self.api_prefix)
+
+
+def start_server(cwd: Path, args: list[str], env: dict[str, str], log: Path,
+                 api_prefix: str = "") -> Server:
+    port = free_port()
+    full_env = {**os.environ, **env}
+    if "ARTSTORE_CONFIG" not in env:
+        full_env.pop("ARTSTORE_CONFIG", None)
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artstore.cli", "serve", "--port", str(port), *args],
+        cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    out.close()
+    base = f"http://127.0.0.1:{port}"
+    server = Server(url=base + api_prefix, root=base, proc=proc, cwd=cwd, log=log, env=env,
+                    args=args, api_prefix=api_prefix)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"artstore serve exited:\n{log.read_text()}")
+        try:
+            if requests.get(server.url + "/_health", timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"artstore serve did not come up:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A real server on a configuration file, API at /, admin token from the environment."""
+    config = write_config(tmp_path / "state")
+    srv = start_server(tmp_path, ["--config", str(config), "--workers", "3"],
+                       {"ARTSTORE_ADMIN_TOKEN": ADMIN}, tmp_path / "server.log")
+    yield srv
+    srv.stop()

@@ -1,0 +1,238 @@
+"""The project endpoints, as the spec's table says, through the Flask test client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ADMIN, AUTH
+
+ITEMS = {"docs": {"type": "tgz", "keep": 2}, "builds": {"type": "collection", "depth": 3},
+         "report": {"type": "html"}}
+
+
+def test_list_projects_is_empty_on_a_fresh_store(client: Any) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.get_json() == {"projects": []}
+
+
+def test_create_project_answers_201_with_its_configuration(client: Any, settings: Any) -> None:
+    r = client.post("/demo", json={"description": "Demo", "items": ITEMS}, headers=AUTH)
+    assert r.status_code == 201
+    body = r.get_json()
+    assert body["name"] == "demo" and body["description"] == "Demo"
+    assert body["items"]["docs"] == {"type": "tgz", "keep": 2, "live": None,
+                                     "last_publish": None}
+    assert body["items"]["builds"]["depth"] == 3
+    assert body["items"]["report"]["keep"] == settings.default_keep
+    assert r.headers["Location"].endswith("/demo")
+    stored = json.loads((settings.state_dir / "projects.json").read_text())
+    assert stored["demo"]["items"]["docs"] == {"type": "tgz", "keep": 2}
+    listed = client.get("/").get_json()["projects"]
+    assert [(p["name"], p["items"]) for p in listed] == [("demo", ["builds", "docs", "report"])]
+
+
+def test_create_existing_project_answers_409(client: Any, make_project: Any) -> None:
+    make_project("demo")
+    r = client.post("/demo", json={"items": {}}, headers=AUTH)
+    assert r.status_code == 409
+    assert r.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("body", [
+    [], {"items": []}, {"items": {"x": {"type": "rar"}}}, {"items": {"x": {}}},
+    {"items": {"x": {"type": "tgz", "depth": 3}}}, {"items": {"x": {"type": "tgz", "keep": 0}}},
+    {"items": {"x": {"type": "collection", "depth": "3"}}}, {"colour": "red"},
+    {"items": {"../x": {"type": "tgz"}}}, {"items": {"index.html": {"type": "html"}}},
+    {"description": 5},
+])
+def test_invalid_project_configuration_answers_400(client: Any, settings: Any,
+                                                  body: Any) -> None:
+    r = client.post("/demo", json=body, headers=AUTH)
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["detail"]
+    assert client.get("/demo").status_code == 404
+    assert not (settings.state_dir / "projects.json").exists()
+
+
+def test_project_body_that_is_not_json_is_refused(client: Any) -> None:
+    assert client.post("/demo", data="{", content_type="application/json",
+                       headers=AUTH).status_code == 400
+    assert client.post("/demo", data="items=1", headers=AUTH).status_code == 415
+
+
+HOSTILE = ["..", "%2e%2e", "a%2Fb", ".hidden", "x" * 65, "caf%C3%A9", "-dash", "_tokens",
+           "index.html", "a%00b", "a%20b"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_project_names_are_refused_with_400_and_nothing_created(
+        client: Any, settings: Any, name: str) -> None:
+    before = sorted(p.name for p in settings.base_path.iterdir())
+    r = client.post(f"/{name}", json={"items": {}}, headers=AUTH)
+    assert r.status_code in (400, 404, 405), r.data
+    if r.status_code != 400:
+        # The URL never reached a project route (e.g. '..' was resolved by the client,
+        # or a '/' made it another route): still nothing may have been created.
+        assert r.mimetype == "application/problem+json"
+    assert sorted(p.name for p in settings.base_path.iterdir()) == before
+    assert not (settings.state_dir / "projects.json").exists()
+
+
+def test_empty_and_slash_names_never_create_anything(client: Any, settings: Any) -> None:
+    assert client.post("/", json={"items": {}}, headers=AUTH).status_code == 405
+    assert client.post("/a/b/c/d", json={}, headers=AUTH).status_code == 404
+    assert not (settings.state_dir / "projects.json").exists()
+
+
+def test_get_unknown_project_answers_404_problem(client: Any) -> None:
+    r = client.get("/nothing")
+    assert r.status_code == 404
+    assert r.mimetype == "application/problem+json"
+    assert "nothing" in r.get_json()["detail"]
+
+
+def test_put_adds_items_and_lowers_keep_freely(client: Any, make_project: Any) -> None:
+    make_project("demo", ITEMS)
+    new = {"items": {**ITEMS, "docs": {"type": "tgz", "keep": 1}, "more": {"type": "zip"}}}
+    r = client.put("/demo", json=new, headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["items"]["docs"]["keep"] == 1
+    assert "more" in r.get_json()["items"]
+
+
+def test_put_that_removes_or_retypes_items_answers_409_naming_them(
+        client: Any, make_project: Any, settings: Any) -> None:
+    make_project("demo", ITEMS)
+    new = {"items": {"docs": {"type": "zip"}, "builds": ITEMS["builds"]}}
+    r = client.put("/demo", json=new, headers=AUTH)
+    assert r.status_code == 409
+    problem = r.get_json()
+    assert problem["items"] == ["docs", "report"]
+    assert "'docs'" in problem["detail"] and "'report'" in problem["detail"]
+    assert client.get("/demo").get_json()["items"]["docs"]["type"] == "tgz"
+    r = client.put("/demo?prune=true", json=new, headers=AUTH)
+    assert r.status_code == 200
+    assert sorted(r.get_json()["items"]) == ["builds", "docs"]
+    assert r.get_json()["items"]["docs"]["type"] == "zip"
+
+
+def test_put_unknown_project_answers_404(client: Any) -> None:
+    assert client.put("/ghost", json={"items": {}}, headers=AUTH).status_code == 404
+
+
+def test_delete_project_removes_files_state_and_tokens(
+        client: Any, make_project: Any, settings: Any) -> None:
+    make_project("demo", ITEMS)
+    token = client.post("/demo/_tokens", headers=AUTH).get_json()["token"]
+    r = client.put("/demo/report?filename=r.html", data=b"<p>hi</p>",
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201
+    assert (settings.base_path / "demo" / "report" / "r.html").exists()
+    assert client.delete("/demo", headers=AUTH).status_code == 204
+    assert client.get("/demo").status_code == 404
+    assert not (settings.base_path / "demo").exists()
+    assert not (settings.state_dir / "items" / "demo").exists()
+    assert [p.name for p in settings.base_path.iterdir()] == ["index.html"]
+    # The project's token died with it, even if the project comes back.
+    make_project("demo", ITEMS)
+    r = client.put("/demo/report", data=b"<p>hi</p>",
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert client.delete("/demo", headers=AUTH).status_code == 204
+    assert client.delete("/demo", headers=AUTH).status_code == 404
+
+
+WRITES = [
+    ("post", "/demo2", {"json": {"items": {}}}),
+    ("put", "/demo", {"json": {"items": {}}}),
+    ("delete", "/demo", {}),
+    ("post", "/demo/report", {"data": {"item": (b"x", "a.html")}}),
+    ("put", "/demo/report", {"data": b"<p></p>"}),
+    ("post", "/demo/docs/rollback", {}),
+    ("delete", "/demo/builds/a.bin", {}),
+    ("post", "/demo/_tokens", {}),
+    ("get", "/demo/_tokens", {}),
+    ("delete", "/demo/_tokens/abc", {}),
+]
+
+
+@pytest.mark.parametrize("method,path,kwargs", WRITES)
+def test_every_write_without_a_token_answers_401(client: Any, make_project: Any,
+                                                 method: str, path: str, kwargs: Any) -> None:
+    make_project("demo", ITEMS)
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = getattr(client, method)(path, headers={"Authorization": "Bearer wrong"}, **kwargs)
+    assert r.status_code == 401
+    r = getattr(client, method)(path, headers={"Authorization": f"Basic {ADMIN}"}, **kwargs)
+    assert r.status_code == 401
+    assert client.get("/demo").get_json()["items"]["report"]["live"] is None
+
+
+@pytest.mark.parametrize("method,path,kwargs", WRITES)
+def test_every_write_with_another_projects_token_answers_403(
+        client: Any, make_project: Any, method: str, path: str, kwargs: Any) -> None:
+    make_project("demo", ITEMS)
+    make_project("other", ITEMS)
+    token = client.post("/other/_tokens", headers=AUTH).get_json()["token"]
+    r = getattr(client, method)(path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    assert r.status_code == 403, r.get_json()
+    assert client.get("/demo").status_code == 200
+    assert client.get("/demo").get_json()["items"]["report"]["live"] is None
+
+
+def test_project_token_may_publish_to_its_own_project_only(
+        client: Any, make_project: Any) -> None:
+    make_project("demo", ITEMS)
+    token = client.post("/demo/_tokens", headers=AUTH).get_json()["token"]
+    own = {"Authorization": f"Bearer {token}"}
+    assert client.put("/demo/report", data=b"<p>1</p>", headers=own).status_code == 201
+    # ...but may not manage the project itself.
+    assert client.put("/demo", json={"items": {}}, headers=own).status_code == 403
+    assert client.delete("/demo", headers=own).status_code == 403
+    assert client.post("/demo/_tokens", headers=own).status_code == 403
+
+
+def test_tokens_are_shown_once_listed_without_secret_and_revocable(
+        client: Any, make_project: Any, settings: Any) -> None:
+    make_project("demo", ITEMS)
+    r = client.post("/demo/_tokens", headers=AUTH)
+    assert r.status_code == 201
+    new = r.get_json()
+    assert set(new) >= {"id", "token"}
+    stored = (settings.state_dir / "tokens.json").read_text()
+    assert new["token"] not in stored
+    assert (settings.state_dir / "tokens.json").stat().st_mode & 0o777 == 0o600
+    listed = client.get("/demo/_tokens", headers=AUTH).get_json()["tokens"]
+    assert [t["id"] for t in listed] == [new["id"]]
+    assert new["token"] not in json.dumps(listed)
+    assert client.delete(f"/demo/_tokens/{new['id']}", headers=AUTH).status_code == 204
+    assert client.delete(f"/demo/_tokens/{new['id']}", headers=AUTH).status_code == 404
+    r = client.put("/demo/report", data=b"<p>1</p>",
+                   headers={"Authorization": f"Bearer {new['token']}"})
+    assert r.status_code == 401
+
+
+def test_tokens_of_a_missing_project_answer_404(client: Any) -> None:
+    assert client.post("/ghost/_tokens", headers=AUTH).status_code == 404
+
+
+def test_reads_can_be_made_to_need_a_token(tmp_path: Path) -> None:
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+
+    from .conftest import write_config
+
+    config = write_config(tmp_path / "s", read_requires_token=True)
+    app = create_app(settings_mod.load(config, environ={}),
+                     environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+    c = app.test_client()
+    assert c.get("/").status_code == 401
+    assert c.get("/", headers=AUTH).status_code == 200
+    assert c.get("/_health").status_code == 200

@@ -1,0 +1,188 @@
+"""A real ``artstore serve`` (gunicorn, several workers) driven over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from artstore.registry import Registry
+
+from .conftest import ADMIN, AUTH, Server, start_server, write_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def raw_request(server: Server, method: str, path: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """Send ``path`` exactly as given: no client-side normalisation of dots or escapes."""
+    host, port = server.url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={**AUTH, **(headers or {})})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, (json.loads(data) if data else {})
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Any:
+    if Path("/etc/artstore/artstore.json").exists():
+        pytest.skip("/etc/artstore/artstore.json exists, so serve would not embed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTSTORE_")}
+    srv = start_server(tmp_path, [], {}, tmp_path / "serve.log", api_prefix="/artstore")
+    srv.env = env
+    yield srv
+    srv.stop()
+
+
+def test_serve_without_configuration_embeds_a_default_store(embedded: Server,
+                                                            tmp_path: Path) -> None:
+    data = tmp_path / "artstore-data"
+    token_file = data / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert str(token_file) in (tmp_path / "serve.log").read_text()
+    token = token_file.read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{embedded.url}/demo", json={"items": {"report": {"type": "html"}}},
+                      headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"{embedded.url}/demo"
+    r = requests.put(f"{embedded.url}/demo/report", data=b"<h1>Report</h1>", headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == f"{embedded.root}/demo/report/"
+    page = requests.get(r.json()["url"])
+    assert page.status_code == 200 and page.text == "<h1>Report</h1>"
+    assert "demo" in requests.get(embedded.root + "/").text
+    # Bookkeeping is never served, like the nginx setup's dot-path rule.
+    assert requests.get(f"{embedded.root}/demo/.artstore/").status_code == 404
+    assert (data / "public" / "demo" / "report").is_symlink()
+
+
+def test_a_second_start_reuses_the_embedded_token(embedded: Server, tmp_path: Path) -> None:
+    token = (tmp_path / "artstore-data" / "admin.token").read_text()
+    srv = embedded.restart()
+    try:
+        assert (tmp_path / "artstore-data" / "admin.token").read_text() == token
+    finally:
+        srv.stop()
+
+
+def test_project_endpoints_over_http(server: Server) -> None:
+    items = {"docs": {"type": "tgz"}, "builds": {"type": "collection"}}
+    assert requests.get(server.url + "/").json() == {"projects": []}
+    assert requests.post(server.url + "/demo", json={"items": items},
+                         headers=AUTH).status_code == 201
+    assert requests.post(server.url + "/demo", json={"items": items},
+                         headers=AUTH).status_code == 409
+    assert requests.get(server.url + "/demo").json()["items"]["docs"]["live"] is None
+    r = requests.put(server.url + "/demo", json={"items": {"docs": items["docs"]}},
+                     headers=AUTH)
+    assert r.status_code == 409 and r.json()["items"] == ["builds"]
+    assert requests.put(server.url + "/demo?prune=true", json={"items": {}},
+                        headers=AUTH).status_code == 200
+    assert requests.post(server.url + "/demo", json=[], headers=AUTH).status_code == 400
+    assert requests.delete(server.url + "/demo").status_code == 401
+    assert requests.delete(server.url + "/demo", headers=AUTH).status_code == 204
+    assert requests.get(server.url + "/demo").status_code == 404
+    r = requests.patch(server.url + "/demo", headers=AUTH)
+    assert r.status_code == 405
+    assert r.headers["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/..", "/%2e%2e", "/a%2Fb", "/.hidden", "/" + "x" * 65,
+                                  "/caf%C3%A9", "/%2e", "/a%00b", "/%20"])
+def test_hostile_project_names_over_http_create_nothing(server: Server, path: str,
+                                                        tmp_path: Path) -> None:
+    status, body = raw_request(server, "POST", path, b'{"items": {}}',
+                               {"Content-Type": "application/json"})
+    assert status in (400, 404), (status, body)
+    assert body["status"] == status
+    assert requests.get(server.url + "/").json() == {"projects": []}
+    public = tmp_path / "state" / "public"
+    assert sorted(p.name for p in public.iterdir()) == ["index.html"]
+
+
+def _create_projects(url: str, names: list[str]) -> list[int]:
+    return [requests.post(f"{url}/{n}", json={"items": {"docs": {"type": "tgz"}}},
+                          headers=AUTH).status_code for n in names]
+
+
+def test_fifty_projects_created_concurrently_by_several_processes_are_all_kept(
+        server: Server, tmp_path: Path) -> None:
+    names = [f"p{i:02d}" for i in range(50)]
+    with multiprocessing.get_context("spawn").Pool(5) as pool:
+        codes = pool.starmap(_create_projects, [(server.url, names[i::5]) for i in range(5)])
+    assert sorted(c for group in codes for c in group) == [201] * 50
+    stored = json.loads((tmp_path / "state" / "projects.json").read_text())
+    assert sorted(stored) == names
+    assert [p["name"] for p in requests.get(server.url + "/").json()["projects"]] == names
+
+
+WRITER = """
+import sys
+from artstore.registry import Registry
+reg = Registry(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    def grow(projects, i=i):
+        projects[f"p{i % 300}"] = {"description": "x" * (i % 500), "items": {}}
+    reg.change(grow)
+"""
+
+
+def test_a_killed_writer_never_leaves_projects_json_truncated(tmp_path: Path) -> None:
+    for round_ in range(15):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+        time.sleep(0.15 + (round_ % 5) * 0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        projects = Registry(tmp_path).load()  # raises if the file is broken
+        assert projects, "the writer should have written something"
+    # The dead writer's lock died with it: a new change goes through at once.
+    Registry(tmp_path).change(lambda projects: projects.clear())
+    assert Registry(tmp_path).load() == {}
+
+
+def test_a_hand_broken_projects_json_stops_start_up_with_a_clear_error(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path / "state")
+    (tmp_path / "state" / "projects.json").write_text('{"demo": {"items": ')
+    proc = subprocess.run(
+        [sys.executable, "-m", "artstore.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                          "ARTSTORE_ADMIN_TOKEN": ADMIN})
+    assert proc.returncode != 0
+    assert "projects.json is broken" in proc.stderr
+    assert (tmp_path / "state" / "projects.json").read_text() == '{"demo": {"items": '
+
+
+def test_readme_curl_examples_work_as_written(embedded: Server, tmp_path: Path) -> None:
+    text = README.read_text()
+    section = text[text.index("### With curl"):text.index("## Settings")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) >= 4
+    port = embedded.root.rsplit(":", 1)[1]
+    script = "set -euo pipefail\n" + "\n".join(blocks).replace("8080", port)
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "<h1>Hello</h1>" in proc.stdout
+    r = requests.get(f"{embedded.url}/demo/builds").json()
+    assert [f["name"] for f in r["files"]] == ["tool-1.0.bin"]
+    assert requests.get(f"{embedded.root}/demo/report/report.html").text == "<p>all green</p>\n"
