@@ -1,0 +1,345 @@
+"""Publishing html, tgz and zip items: atomic, checked, with kept releases and rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import AUTH
+
+
+def tgz(files: dict[str, bytes], prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(data)
+            info.mode = 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def post(client: Any, path: str, data: bytes, filename: str = "upload.bin",
+         **fields: str) -> Any:
+    return client.post(path, data={"item": (io.BytesIO(data), filename), **fields},
+                       headers=AUTH, content_type="multipart/form-data")
+
+
+def live_files(settings: Any, project: str, item: str) -> dict[str, bytes]:
+    root = settings.base_path / project / item
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def leftovers(settings: Any) -> list[str]:
+    """Anything an upload left behind in temp or staging."""
+    found = [p.name for p in settings.temp_path.iterdir()]
+    for folder in settings.base_path.glob("*/.artstore/*"):
+        found += [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    return found
+
+
+@pytest.fixture
+def demo(make_project: Any) -> None:
+    make_project("demo", {"docs": {"type": "tgz", "keep": 3}, "site": {"type": "zip"},
+                          "report": {"type": "html"}, "builds": {"type": "collection"}})
+
+
+def test_upload_tgz_publishes_its_contents_and_answers_the_spec_shape(
+        client: Any, settings: Any, demo: None) -> None:
+    data = tgz({"index.html": b"<h1>v1</h1>", "css/site.css": b"body{}"})
+    r = post(client, "/demo/docs", data, "site.tgz", commit="abc", branch="main")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert set(body) >= {"project", "item", "release", "sha256", "size", "files", "url",
+                         "metadata", "warnings"}
+    assert body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["size"] == len(data) and body["files"] == 2 and body["warnings"] == []
+    assert body["metadata"] == {"commit": "abc", "branch": "main"}
+    assert body["url"] == "http://localhost/demo/docs/"
+    assert live_files(settings, "demo", "docs") == {"index.html": b"<h1>v1</h1>",
+                                                    "css/site.css": b"body{}"}
+    mode = (settings.base_path / "demo/docs/css/site.css").stat().st_mode & 0o777
+    assert mode == 0o644
+    assert leftovers(settings) == []
+
+
+def test_upload_tgz_replaces_site_atomically(client: Any, settings: Any, demo: None) -> None:
+    post(client, "/demo/docs", tgz({"index.html": b"v1", "old.html": b"old"}))
+    first = client.get("/demo/docs").get_json()["live"]
+    r = post(client, "/demo/docs", tgz({"index.html": b"v2"}))
+    assert r.status_code == 201
+    assert live_files(settings, "demo", "docs") == {"index.html": b"v2"}
+    info = client.get("/demo/docs").get_json()
+    assert info["live"] == r.get_json()["release"]
+    assert [x["release"] for x in info["releases"]] == [info["live"], first]
+    assert os.readlink(settings.base_path / "demo/docs") == f".artstore/docs/{info['live']}"
+
+
+def test_upload_zip_publishes_its_contents(client: Any, settings: Any, demo: None) -> None:
+    r = post(client, "/demo/site", zipped({"index.html": b"z", "a/b/c.txt": b"deep"}))
+    assert r.status_code == 201, r.get_json()
+    assert live_files(settings, "demo", "site") == {"index.html": b"z", "a/b/c.txt": b"deep"}
+
+
+def test_raw_put_publishes_the_body(client: Any, settings: Any, demo: None) -> None:
+    r = client.put("/demo/site?commit=1", data=zipped({"index.html": b"raw"}), headers=AUTH)
+    assert r.status_code == 201
+    assert r.get_json()["metadata"] == {"commit": "1"}
+    assert live_files(settings, "demo", "site") == {"index.html": b"raw"}
+
+
+def test_single_top_level_directory_is_unwrapped(client: Any, settings: Any,
+                                                 demo: None) -> None:
+    r = post(client, "/demo/docs", tgz({"index.html": b"in", "img/x.png": b"p"},
+                                       prefix="build/html/"[:6]))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["unwrapped"] == "build"
+    assert live_files(settings, "demo", "docs") == {"index.html": b"in", "img/x.png": b"p"}
+
+
+def test_site_without_index_is_published_with_a_warning(client: Any, settings: Any,
+                                                         demo: None) -> None:
+    r = post(client, "/demo/docs", tgz({"readme.txt": b"hi"}))
+    assert r.status_code == 201
+    assert any("index.html" in w for w in r.get_json()["warnings"])
+
+
+def test_html_multipart_keeps_its_sanitised_name(client: Any, settings: Any,
+                                                 demo: None) -> None:
+    r = post(client, "/demo/report", b"<p>cov</p>", "reports/cov.html")
+    assert r.status_code == 201, r.get_json()
+    assert live_files(settings, "demo", "report") == {"cov.html": b"<p>cov</p>"}
+    assert r.get_json()["url"] == "http://localhost/demo/report/cov.html"
+
+
+def test_html_raw_put_without_filename_is_index_html(client: Any, settings: Any,
+                                                     demo: None) -> None:
+    assert client.put("/demo/report", data=b"<p>x</p>", headers=AUTH).status_code == 201
+    assert live_files(settings, "demo", "report") == {"index.html": b"<p>x</p>"}
+
+
+@pytest.mark.parametrize("data,filename", [(b"\x00\x01binary", "r.html"),
+                                           (b"<p>x</p>", "r.txt"),
+                                           (b"<p>x</p>", ".hidden.html")])
+def test_html_item_refuses_what_is_not_an_html_file(client: Any, settings: Any, demo: None,
+                                                    data: bytes, filename: str) -> None:
+    client.put("/demo/report", data=b"<p>live</p>", headers=AUTH)
+    r = post(client, "/demo/report", data, filename)
+    assert r.status_code in (400, 415)
+    assert r.mimetype == "application/problem+json"
+    assert live_files(settings, "demo", "report") == {"index.html": b"<p>live</p>"}
+    assert leftovers(settings) == []
+
+
+@pytest.mark.parametrize("item,data,expected", [
+    ("docs", b"PK\x05\x06" + b"\0" * 18, "gzip"),
+    ("docs", b"just text", "gzip"),
+    ("site", tgz({"index.html": b"x"}), "zip"),
+])
+def test_wrong_content_type_answers_415_saying_what_was_expected(
+        client: Any, settings: Any, demo: None, item: str, data: bytes, expected: str) -> None:
+    r = post(client, f"/demo/{item}", data, "site.tgz" if item == "docs" else "site.zip")
+    assert r.status_code == 415
+    assert expected in r.get_json()["detail"]
+    assert leftovers(settings) == []
+
+
+def test_refused_archive_lists_members_and_leaves_the_live_release(
+        client: Any, settings: Any, demo: None) -> None:
+    post(client, "/demo/docs", tgz({"index.html": b"good"}))
+    before = client.get("/demo/docs").get_json()
+    r = post(client, "/demo/docs", tgz({"index.html": b"bad", "../escape.txt": b"x"}))
+    assert r.status_code == 422
+    assert "../escape.txt" in r.get_data(as_text=True)
+    assert r.get_json()["members"]
+    assert client.get("/demo/docs").get_json() == before
+    assert live_files(settings, "demo", "docs") == {"index.html": b"good"}
+    assert not (settings.base_path / "demo" / "escape.txt").exists()
+    assert leftovers(settings) == []
+
+
+def test_truncated_archive_is_refused_and_changes_nothing(client: Any, settings: Any,
+                                                          demo: None) -> None:
+    post(client, "/demo/site", zipped({"index.html": b"good"}))
+    data = zipped({"index.html": b"bad" * 1000, "x.txt": os.urandom(5000)})
+    r = post(client, "/demo/site", data[: len(data) // 2])
+    assert r.status_code == 422
+    assert live_files(settings, "demo", "site") == {"index.html": b"good"}
+
+
+def test_sha256_is_verified_before_anything_is_published(client: Any, settings: Any,
+                                                         demo: None) -> None:
+    data = tgz({"index.html": b"v"})
+    good = hashlib.sha256(data).hexdigest()
+    r = post(client, "/demo/docs", data, sha256="0" * 64)
+    assert r.status_code == 422 and "sha256" in r.get_json()["detail"]
+    r = client.put("/demo/docs", data=data, headers={**AUTH, "X-Checksum-Sha256": "ab" * 32})
+    assert r.status_code == 422
+    assert client.get("/demo/docs").get_json()["live"] is None
+    assert not (settings.base_path / "demo" / "docs").exists()
+    r = client.put("/demo/docs", data=data, headers={**AUTH, "X-Checksum-Sha256": good})
+    assert r.status_code == 201
+    assert post(client, "/demo/docs", data, sha256=good.upper()).status_code == 201
+
+
+def test_upload_to_a_missing_item_answers_404_and_stores_nothing(
+        client: Any, settings: Any, demo: None) -> None:
+    assert post(client, "/demo/nope", b"x").status_code == 404
+    assert post(client, "/nope/docs", b"x").status_code == 404
+    assert leftovers(settings) == []
+
+
+def test_multipart_without_the_item_field_is_a_400(client: Any, demo: None) -> None:
+    r = client.post("/demo/docs", data={"other": (io.BytesIO(b"x"), "a.tgz")}, headers=AUTH,
+                    content_type="multipart/form-data")
+    assert r.status_code == 400 and "'item'" in r.get_json()["detail"]
+    assert client.post("/demo/docs", data=b"x", headers=AUTH,
+                       content_type="application/octet-stream").status_code == 415
+
+
+def test_bad_metadata_is_refused(client: Any, demo: None) -> None:
+    assert post(client, "/demo/docs", tgz({"index.html": b"v"}),
+                **{"bad key": "x"}).status_code == 400
+    assert post(client, "/demo/docs", tgz({"index.html": b"v"}),
+                note="x" * 2000).status_code == 400
+
+
+def test_only_the_last_keep_releases_are_kept(client: Any, settings: Any, demo: None) -> None:
+    releases = [post(client, "/demo/docs", tgz({"index.html": b"%d" % i})).get_json()["release"]
+                for i in range(5)]
+    info = client.get("/demo/docs").get_json()
+    assert [r["release"] for r in info["releases"]] == releases[::-1][:3]
+    on_disk = sorted(p.name for p in (settings.base_path / "demo/.artstore/docs").iterdir())
+    assert on_disk == sorted(releases[2:])
+
+
+def test_lowering_keep_prunes_at_once(client: Any, settings: Any, demo: None) -> None:
+    for i in range(3):
+        post(client, "/demo/docs", tgz({"index.html": b"%d" % i}))
+    conf = client.get("/demo").get_json()
+    items = {name: {"type": v["type"]} for name, v in conf["items"].items()}
+    items["docs"]["keep"] = 1
+    assert client.put("/demo", json={"items": items}, headers=AUTH).status_code == 200
+    info = client.get("/demo/docs").get_json()
+    assert [r["release"] for r in info["releases"]] == [info["live"]]
+    assert len(list((settings.base_path / "demo/.artstore/docs").iterdir())) == 1
+
+
+def test_rollback_without_body_goes_to_the_release_before_the_live_one(
+        client: Any, settings: Any, demo: None) -> None:
+    ids = [post(client, "/demo/docs", tgz({"index.html": b"%d" % i})).get_json()["release"]
+           for i in range(3)]
+    r = client.post("/demo/docs/rollback", headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["live"] == ids[1]
+    assert live_files(settings, "demo", "docs") == {"index.html": b"1"}
+    r = client.post("/demo/docs/rollback", json={"release": ids[2]}, headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["live"] == ids[2]
+    assert live_files(settings, "demo", "docs") == {"index.html": b"2"}
+
+
+def test_rollback_answers_404_409_for_impossible_targets(client: Any, demo: None) -> None:
+    assert client.post("/demo/docs/rollback", headers=AUTH).status_code == 409
+    only = post(client, "/demo/docs", tgz({"index.html": b"1"})).get_json()["release"]
+    assert client.post("/demo/docs/rollback", headers=AUTH).status_code == 409
+    assert client.post("/demo/docs/rollback", json={"release": only},
+                       headers=AUTH).status_code == 409
+    assert client.post("/demo/docs/rollback", json={"release": "nope"},
+                       headers=AUTH).status_code == 404
+    assert client.post("/demo/builds/rollback", headers=AUTH).status_code == 409
+    assert client.post("/demo/docs/rollback", json={"rel": 1},
+                       headers=AUTH).status_code == 400
+
+
+def test_a_rolled_back_live_release_is_never_pruned(client: Any, settings: Any,
+                                                    demo: None) -> None:
+    ids = [post(client, "/demo/docs", tgz({"index.html": b"%d" % i})).get_json()["release"]
+           for i in range(3)]
+    client.post("/demo/docs/rollback", json={"release": ids[0]}, headers=AUTH)
+    for i in range(3, 6):
+        post(client, "/demo/docs", tgz({"index.html": b"%d" % i}))
+    client.post("/demo/docs/rollback", headers=AUTH)
+    info = client.get("/demo/docs").get_json()
+    assert len(info["releases"]) == 3
+    assert info["live"] in [r["release"] for r in info["releases"]]
+    assert (settings.base_path / "demo/docs/index.html").exists()
+
+
+def test_item_info_lists_releases_newest_first_with_metadata(client: Any,
+                                                             demo: None) -> None:
+    post(client, "/demo/docs", tgz({"index.html": b"1"}), commit="c1")
+    post(client, "/demo/docs", tgz({"index.html": b"2"}), commit="c2")
+    info = client.get("/demo/docs").get_json()
+    assert info["name"] == "docs" and info["type"] == "tgz" and info["keep"] == 3
+    assert [r["metadata"]["commit"] for r in info["releases"]] == ["c2", "c1"]
+    for release in info["releases"]:
+        assert set(release) >= {"release", "created", "sha256", "size", "files", "metadata"}
+    assert client.get("/demo/nope").status_code == 404
+
+
+def test_generated_pages_list_projects_and_items_escaped(client: Any, settings: Any,
+                                                         make_project: Any) -> None:
+    client.post("/evil", json={"description": "<script>alert(1)</script>",
+                               "items": {"docs": {"type": "tgz"}}}, headers=AUTH)
+    post(client, "/evil/docs", tgz({"index.html": b"x"}))
+    root = (settings.base_path / "index.html").read_text()
+    project = (settings.base_path / "evil" / "index.html").read_text()
+    assert 'href="evil/"' in root
+    assert "<script>" not in root + project
+    assert "&lt;script&gt;" in project
+    assert 'href="docs/"' in project and 'href="../"' in project
+
+
+def test_disk_full_while_receiving_answers_507_and_keeps_the_live_release(
+        tmp_path: Path) -> None:
+    """A real full filesystem: a 4 MiB tmpfs holds temp_path (skipped where mounting fails)."""
+    import subprocess
+
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+
+    from .conftest import ADMIN, write_config
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        config = write_config(small / "state")
+        settings = settings_mod.load(config, environ={})
+        client = create_app(settings, environ={"ARTSTORE_ADMIN_TOKEN": ADMIN}).test_client()
+        client.post("/demo", json={"items": {"docs": {"type": "tgz"}}}, headers=AUTH)
+        assert post(client, "/demo/docs", tgz({"index.html": b"good"})).status_code == 201
+        big = tgz({"index.html": b"x", "blob.bin": os.urandom(5 * 1024 * 1024)})
+        r = client.put("/demo/docs", data=big, headers=AUTH)
+        assert r.status_code == 507, r.get_json()
+        assert r.mimetype == "application/problem+json"
+        assert live_files(settings, "demo", "docs") == {"index.html": b"good"}
+        assert leftovers(settings) == []
+        # Extraction that fills the disk: the upload fits, what comes out does not.
+        roomy = tgz({"index.html": b"x", "a.bin": os.urandom(1536 * 1024),
+                     "b.bin": os.urandom(1536 * 1024)})
+        r = client.put("/demo/docs", data=roomy, headers=AUTH)
+        assert r.status_code == 507, r.get_json()
+        assert live_files(settings, "demo", "docs") == {"index.html": b"good"}
+        assert leftovers(settings) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
