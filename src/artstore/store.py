@@ -381,7 +381,7 @@ class Store:
         if not filename:
             raise BadRequest("a collection upload needs a file name "
                              "(the multipart file name, or ?filename= with PUT)")
-        name = check_filename(_base_name(filename))
+        name = check_filename(filename)
         self._refuse_existing(project, item, conf, name)
         stage, claim = self._staging(project, item)
         try:
