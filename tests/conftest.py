@@ -117,9 +117,9 @@ def start_server(cwd: Path, args: list[str], env: dict[str, str], log: Path,
         if proc.poll() is not None:
             raise RuntimeError(f"artstore serve exited:\n{log.read_text()}")
         try:
-            if requests.get(server.url + "/_health", timeout=1).status_code == 200:
+            if requests.get(server.url + "/_health", timeout=2).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or slow on a busy machine
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"artstore serve did not come up:\n{log.read_text()}")

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,10 @@ from .errors import (
     Unauthorized,
     UnsupportedType,
 )
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
 from .openapi import document
-from .settings import Settings
+from .settings import Settings, config_path, load
 from .store import Incoming, Store
 
 log = logging.getLogger("artstore")
@@ -47,6 +50,7 @@ class Services:
     settings: Settings
     store: Store
     tokens: auth.Tokens
+    metrics: Metrics
 
 
 def services() -> Services:
@@ -157,6 +161,11 @@ def openapi() -> Any:
     return document(request.script_root)
 
 
+def metrics() -> Any:
+    may_read()
+    return Response(services().metrics.render(), mimetype=METRICS_TYPE)
+
+
 def list_projects() -> Any:
     may_read()
     return {"projects": services().store.list_projects()}
@@ -200,6 +209,10 @@ def upload(project: str, item: str) -> Any:
         incoming = store.receive()
         g.setdefault("incoming", []).append(incoming)
         incoming.copy_from(request.stream.read)
+        if request.content_length is not None and incoming.size != request.content_length:
+            # gunicorn ends the stream quietly when the client goes away early.
+            raise BadRequest(f"the body ended after {incoming.size} of "
+                             f"{request.content_length} bytes; nothing was published")
         args = request.args.to_dict()
         filename = args.pop("filename", None)
         sha256 = request.headers.get("X-Checksum-Sha256") or args.pop("sha256", None)
@@ -271,6 +284,7 @@ def revoke_token(project: str, token_id: str) -> Any:
 ROUTES = [
     ("/_health", health, ["GET"]),
     ("/_openapi.json", openapi, ["GET"]),
+    ("/_metrics", metrics, ["GET"]),
     ("/", list_projects, ["GET"]),
     ("/<project>", get_project, ["GET"]),
     ("/<project>", create_project, ["POST"]),
@@ -299,8 +313,10 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
     store = Store(settings)
     store.sweep()
     admin_token = auth.ensure_admin_token(settings.state_dir, environ)
-    app.extensions["artstore"] = Services(settings, store, auth.Tokens(settings.state_dir,
-                                                                       admin_token))
+    disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}
+    app.extensions["artstore"] = Services(settings, store,
+                                          auth.Tokens(settings.state_dir, admin_token),
+                                          Metrics(settings.state_dir, disks))
     for path, view, methods in ROUTES:
         app.add_url_rule(path, view.__name__, view, methods=methods)
     app.register_error_handler(Exception, render_error)
@@ -309,6 +325,15 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
     def _request_id() -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _count_upload(response: Response) -> Response:
+        if request.endpoint == "upload":
+            received = sum(incoming.size for incoming in g.get("incoming", []))
+            services().metrics.record_upload(response.status_code, received,
+                                             time.monotonic() - g.started)
+        return response
 
     @app.after_request
     def _tag(response: Response) -> Response:
@@ -359,3 +384,11 @@ def create_site(settings: Settings, environ: dict[str, str] | None = None) -> An
     if not settings.serve_files:
         return api
     return DispatcherMiddleware(create_files_app(settings), {API_PREFIX: api})
+
+
+def app_from_config() -> Any:
+    """The production entry point: ``gunicorn 'artstore.api:app_from_config()'``.
+
+    Reads ``artstore.json`` from ``$ARTSTORE_CONFIG``, else ``/etc/artstore``.
+    """
+    return create_site(load(config_path()))
