@@ -261,8 +261,7 @@ def push(target: tuple[str, str], path: Path, metadata: dict[str, str], url: str
     for tgz and zip items. Uploads are never retried.
     """
     project, item = target
-    stderr = click.get_text_stream("stderr")
-    bar = ProgressBar(stderr, f"{project}/{item}") if stderr.isatty() else None
+    bar = ProgressBar(sys.stderr, f"{project}/{item}") if sys.stderr.isatty() else None
     try:
         with connect(url, token) as client:
             answer = client.push(project, item, path, {**ci_metadata(os.environ), **metadata},

@@ -112,10 +112,10 @@ def _readable(path: Path) -> Iterator[None]:
 class ArtstoreClient:
     """The artstore API at ``url`` (its root, e.g. ``https://ci.example.com/artstore``)."""
 
+    retry_delays = RETRY_DELAYS
+
     def __init__(self, url: str, token: str | None = None, *,
-                 session: requests.Session | None = None,
-                 retry_delays: tuple[float, ...] = RETRY_DELAYS,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 session: requests.Session | None = None) -> None:
         if not re.match(r"https?://[^/]", url):
             raise UsageError(f"the URL must start with http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
@@ -123,8 +123,10 @@ class ArtstoreClient:
         self.session.headers["User-Agent"] = f"artstore-client/{__version__}"
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
-        self.retry_delays = retry_delays
-        self.sleep = sleep
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
 
     def close(self) -> None:
         self.session.close()
@@ -254,7 +256,7 @@ class ArtstoreClient:
     def _call(self, method: str, parts: list[str], *, expect: int = 200,
               timeout: float = READ_TIMEOUT, **kwargs: Any) -> requests.Response:
         """One request; GET and DELETE are retried on connection errors and 5xx answers."""
-        url = "/".join([self.url, *(quote(p, safe="") for p in parts)])
+        url = self.url + "/" + "/".join(quote(p, safe="") for p in parts)
         tries = 1 + (len(self.retry_delays) if method in ("GET", "DELETE") else 0)
         for attempt in range(tries):
             try:
@@ -543,9 +545,11 @@ class _EntryReader:
     def read(self, size: int = -1) -> bytes:
         size = self.left if size < 0 else min(size, self.left)
         data = self.file.read(size)
-        if size and not data:
+        if len(data) < size:
             raise OSError(0, "the file shrank while it was being packed", self.entry.path)
         self.left -= len(data)
+        if not self.left and self.file.read(1):
+            raise OSError(0, "the file grew while it was being packed", self.entry.path)
         self.count(len(data))
         return data
 
