@@ -498,8 +498,9 @@ class PackedStream:
 
     def _write_tgz(self) -> None:
         # gzip by hand: tarfile's own "w|gz" is fixed at level 9, slow for little gain.
+        # Its stream re-slices its buffer per block: large blocks keep that linear.
         with gzip.GzipFile(fileobj=self, mode="wb", compresslevel=6, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT,
+                tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
                              copybufsize=CHUNK) as tar:
             for entry in self.entries:
                 info = tarfile.TarInfo(entry.name)
