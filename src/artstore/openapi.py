@@ -155,6 +155,11 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": _json({"type": "object"}, "ok")}}},
         "/_openapi.json": {"get": {"summary": "this document", "security": [],
                                    "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/_metrics": {"get": {
+            "summary": "upload counters, durations and free disk space, summed over all "
+                       "worker processes (Prometheus text format)",
+            "responses": {"200": {"description": "metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **_errors(401)}}},
         "/": {"get": {"summary": "list projects",
                       "responses": {"200": _json(_ref("ProjectList"), "projects"),
                                     **_errors(401)}}},
