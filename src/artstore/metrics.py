@@ -8,12 +8,14 @@ uploads, and the totals survive restarts (Prometheus counters may only go up).
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from . import storage
+
+log = logging.getLogger("artstore")
 
 # Upper bounds (seconds) of the upload duration histogram: a small report to a
 # multi-GB site over a slow link.
@@ -48,7 +50,6 @@ class Metrics:
         """``disks`` maps a label (``base_path``) to a folder whose free space is reported."""
         self.folder = Path(state_dir) / "metrics"
         self.folder.mkdir(exist_ok=True)
-        storage.sweep_temp_entries(self.folder)
         self.path = self.folder / "counters.json"
         self.disks = disks
 
@@ -63,7 +64,16 @@ class Metrics:
         return data
 
     def record_upload(self, status: int, received: int, seconds: float) -> None:
-        """Count one answered upload request (``received``: body bytes read)."""
+        """Count one answered upload request (``received``: body bytes read).
+
+        Counting must never change the answer: a failure here is logged, not raised.
+        """
+        try:
+            self._add(status, received, seconds)
+        except (OSError, ValueError):
+            log.exception("could not update the upload counters in %s", self.path)
+
+    def _add(self, status: int, received: int, seconds: float) -> None:
         with storage.locked(self.folder / "counters.lock"):
             data = self._read()
             data["uploads"][result_of(status)] += 1
