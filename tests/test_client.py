@@ -272,7 +272,7 @@ def test_push_usage_errors_exit_2_before_anything_is_sent(store: Server, project
     assert result.exit_code == 2 and "http:// or https://" in result.stderr
 
 
-def test_a_file_that_changes_while_packed_aborts_the_upload_and_publishes_nothing(
+def test_a_file_that_changes_while_sent_aborts_the_upload_and_publishes_nothing(
         store: Server, project: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = make_site(tmp_path / "site", 2)
     scan = client.scan_directory
@@ -286,6 +286,19 @@ def test_a_file_that_changes_while_packed_aborts_the_upload_and_publishes_nothin
     assert result.exit_code == 2
     assert "the file shrank while it was being packed" in result.stderr
     assert requests.get(f"{store.url}/{project}/docs").json()["live"] is None
+
+    sized = client._FileBody.__init__
+
+    def grown_on_disk_at_open(body: Any, file: Any, size: int, on_progress: Any) -> None:
+        sized(body, file, size + 10, on_progress)
+
+    monkeypatch.setattr(client._FileBody, "__init__", grown_on_disk_at_open)
+    build = tmp_path / "tool.bin"
+    build.write_bytes(b"x" * 1000)
+    result = artstore(store, "push", f"{project}/builds", str(build))
+    assert result.exit_code == 2
+    assert "the file shrank while it was being uploaded" in result.stderr
+    assert requests.get(f"{store.url}/{project}/builds").json()["files"] == []
 
 
 def test_push_runs_as_a_real_command_configured_by_the_environment(

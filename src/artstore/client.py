@@ -213,10 +213,13 @@ class ArtstoreClient:
         sha256 = sha256_file(path)
         with _readable(path), open(path, "rb") as file:
             body = _FileBody(file, os.fstat(file.fileno()).st_size, on_progress)
-            return self._json("PUT", [project, item], data=body, expect=201,
-                              params={**metadata, "filename": path.name},
-                              headers={"X-Checksum-Sha256": sha256},
-                              timeout=UPLOAD_READ_TIMEOUT)
+            try:
+                return self._json("PUT", [project, item], data=body, expect=201,
+                                  params={**metadata, "filename": path.name},
+                                  headers={"X-Checksum-Sha256": sha256},
+                                  timeout=UPLOAD_READ_TIMEOUT)
+            except _SourceError as exc:
+                raise UsageError(f"cannot send {path}: {exc.reason}") from None
 
     def _push_directory(self, project: str, item: str, path: Path, kind: str,
                         metadata: Mapping[str, str],
@@ -322,7 +325,11 @@ _ARCHIVE_TYPES = {"tgz": "application/gzip", "zip": "application/zip"}
 
 
 class _FileBody:
-    """A file as a request body of known length, read in large chunks."""
+    """A file as a request body of known length, read in large chunks.
+
+    Exactly ``size`` bytes are sent: a file that shrinks meanwhile aborts the upload
+    rather than leave the server waiting for bytes that never come.
+    """
 
     def __init__(self, file: BinaryIO, size: int, on_progress: Progress | None) -> None:
         self.file = file
@@ -334,7 +341,13 @@ class _FileBody:
 
     def __iter__(self) -> Iterator[bytes]:
         done = 0
-        for chunk in iter(lambda: self.file.read(CHUNK), b""):
+        while done < self.size:
+            try:
+                chunk = self.file.read(min(CHUNK, self.size - done))
+            except OSError as exc:
+                raise _SourceError(exc.strerror or str(exc)) from None
+            if not chunk:
+                raise _SourceError("the file shrank while it was being uploaded")
             done += len(chunk)
             if self.on_progress:
                 self.on_progress(done, self.size)
