@@ -149,7 +149,10 @@ while True:
 def test_a_killed_writer_never_leaves_projects_json_truncated(tmp_path: Path) -> None:
     for round_ in range(15):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-        time.sleep(0.15 + (round_ % 5) * 0.05)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "projects.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # a slow start on a busy machine must not end the test early
+        time.sleep((round_ % 5) * 0.03)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         projects = Registry(tmp_path).load()  # raises if the file is broken
