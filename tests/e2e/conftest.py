@@ -91,6 +91,16 @@ def wait_for_workers(url: str, log: Path, timeout: float = 60) -> None:
     raise RuntimeError(f"only workers {sorted(pids)} answered:\n{log.read_text()}")
 
 
+def ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Wait for the service on ``port``; stop it if it does not come up."""
+    try:
+        wait_for(f"http://127.0.0.1:{port}/_health", proc, log, timeout=120)
+        wait_for_workers(f"http://127.0.0.1:{port}/_health", log)
+    except BaseException:
+        stop(proc)
+        raise
+
+
 def access_entries(log: Path) -> list[dict[str, Any]]:
     """The JSON access log lines of deploy/gunicorn.conf.py's logger."""
     entries = []
@@ -205,7 +215,9 @@ class Stack:
     public: Path  # base_path, as the host (and nginx) sees it
     service_log: Path
     nginx: Nginx
+    service_port: int = 0  # where gunicorn listens, on loopback
     image: str = ""  # the image the service runs in, if it does
+    container: str = ""  # and the working container it runs in
 
     @property
     def auth(self) -> dict[str, str]:
@@ -231,8 +243,7 @@ def start_gunicorn(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
                             cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     out.close()
-    wait_for(f"http://127.0.0.1:{port}/_health", proc, log)
-    wait_for_workers(f"http://127.0.0.1:{port}/_health", log)
+    ready(proc, port, log)
     return proc, port, log
 
 
@@ -254,8 +265,8 @@ def container_unavailable() -> str | None:
 
 def image_inputs_digest() -> str:
     """A digest of everything the image is built from, to reuse an image already built."""
-    digest = hashlib.sha256(buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}",
-                                    BASE_IMAGE).stdout.encode())
+    base = json.loads(buildah("inspect", "--type", "image", BASE_IMAGE).stdout)
+    digest = hashlib.sha256(base["FromImageID"].encode())
     files = [ROOT / "Dockerfile", ROOT / ".dockerignore", ROOT / "pyproject.toml",
              ROOT / "README.md"]
     for folder in ("src", "deploy"):
@@ -276,11 +287,13 @@ def image() -> str:
     tag = f"{IMAGE_REPO}:{image_inputs_digest()}"
     if buildah("inspect", "--type", "image", tag).returncode == 0:
         return tag
-    # Old builds of this image: vfs keeps a full copy of every layer.
-    listed = buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split()
-    for old in listed:
-        if old.startswith(IMAGE_REPO + ":"):
-            buildah("rmi", "--force", old)
+    # Builds of other versions, from more than an hour ago: vfs keeps a full copy of each.
+    # (Newer ones may belong to a test run going on beside this one.)
+    listed = json.loads(buildah("images", "--json").stdout or "[]")
+    for entry in listed:
+        names = [n for n in entry.get("names") or [] if n.startswith(IMAGE_REPO + ":")]
+        if names and entry.get("created", time.time()) < time.time() - 3600:
+            buildah("rmi", *names)  # refused while a container uses it: that is fine
     command = ["bud", "--isolation", "chroot", "--network", "host", "--format", "docker",
                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag]
     # pip in the build trusts what this machine trusts (a TLS-inspecting proxy's CA).
@@ -294,17 +307,26 @@ def image() -> str:
 
 
 def image_config(image: str) -> dict[str, Any]:
-    out = buildah("inspect", "--type", "image", "--format", "{{json .Docker.Config}}", image)
+    """The image's Docker config: User, Entrypoint, Cmd, Volumes, Healthcheck, ..."""
+    out = buildah("inspect", "--type", "image", image)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    return json.loads(out.stdout)["Docker"]["config"]  # type: ignore[no-any-return]
 
 
 def start_container(image: str, folder: Path, name: str
                     ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Run the image's entry point and command like ``docker run`` would, host network."""
+    """Run the image's entry point and command like ``docker run`` would, host network.
+
+    The caller removes the working container ``name``, which this makes first.
+    """
     state, srv = folder / "state", folder / "srv"
     made = buildah("from", "--name", name, image)
     assert made.returncode == 0, made.stderr
+    config = image_config(image)
+    # buildah run mounts the image's own VOLUMEs in an order of its choosing, sometimes
+    # over the --volume given for the same path; a working container can drop them.
+    for volume in config.get("Volumes") or {}:
+        assert buildah("config", "--volume", volume + "-", name).returncode == 0
     uid = buildah("run", "--isolation", "chroot", name, "--", "id", "-u")
     assert uid.returncode == 0, uid.stderr
     # The volumes belong to the image's unprivileged user, as a named volume would.
@@ -312,7 +334,6 @@ def start_container(image: str, folder: Path, name: str
     srv.mkdir(parents=True, exist_ok=True)
     for path in (state, state / "artstore.json", srv):
         os.chown(path, int(uid.stdout), -1)
-    config = image_config(image)
     port = free_port()
     log = folder / "service.log"
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
@@ -324,8 +345,7 @@ def start_container(image: str, folder: Path, name: str
          name, "--", *config["Entrypoint"], *config["Cmd"]],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     out.close()
-    wait_for(f"http://127.0.0.1:{port}/_health", proc, log, timeout=120)
-    wait_for_workers(f"http://127.0.0.1:{port}/_health", log)
+    ready(proc, port, log)
     return proc, port, log
 
 
@@ -337,22 +357,23 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if NGINX is None:
         pytest.skip("nginx is not installed (.ci/run installs Debian's nginx package)")
     folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    name = image = ""
-    if request.param == "gunicorn":
-        proc, port, log = start_gunicorn(folder)
-    else:
-        image = request.getfixturevalue("image")
-        name = f"artstore-e2e-{uuid.uuid4().hex[:8]}"
-        proc, port, log = start_container(image, folder, name)
-    nginx = None
+    image = request.getfixturevalue("image") if request.param == "container" else ""
+    name = f"artstore-e2e-{uuid.uuid4().hex[:8]}" if image else ""
+    proc = nginx = None
     try:
+        if image:
+            proc, port, log = start_container(image, folder, name)
+        else:
+            proc, port, log = start_gunicorn(folder)
         nginx = start_nginx(folder / "nginx", port, folder / "srv" / "public")
         yield Stack(kind=request.param, url=nginx.url, api=nginx.url + "/artstore",
                     token=ADMIN, state=folder / "state", public=folder / "srv" / "public",
-                    service_log=log, nginx=nginx, image=image)
+                    service_log=log, nginx=nginx, service_port=port, image=image,
+                    container=name)
     finally:
         if nginx is not None:
             stop(nginx.proc)
-        stop(proc, timeout=40)
+        if proc is not None:
+            stop(proc, timeout=40)
         if name:
             buildah("rm", name)
