@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
+from .errors import ArtstoreError
 
 log = logging.getLogger("artstore")
 
@@ -70,7 +71,7 @@ class Metrics:
         """
         try:
             self._add(status, received, seconds)
-        except (OSError, ValueError):
+        except (OSError, ValueError, ArtstoreError):  # a full disk is an ArtstoreError
             log.exception("could not update the upload counters in %s", self.path)
 
     def _add(self, status: int, received: int, seconds: float) -> None:
