@@ -163,7 +163,7 @@ def openapi() -> Any:
 
 def metrics() -> Any:
     may_read()
-    return Response(services().metrics.render(), mimetype=METRICS_TYPE)
+    return Response(services().metrics.render(), content_type=METRICS_TYPE)
 
 
 def list_projects() -> Any:

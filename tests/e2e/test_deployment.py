@@ -20,8 +20,16 @@ import pytest
 import requests
 
 from ..conftest import free_port
-from .conftest import (APP_LIMIT, WORKERS, Stack, buildah, image_config, needs_nginx,
-                       start_nginx, stop)
+from .conftest import (
+    APP_LIMIT,
+    WORKERS,
+    Stack,
+    buildah,
+    image_config,
+    needs_nginx,
+    start_nginx,
+    stop,
+)
 
 PROBLEM = "application/problem+json"
 SITE = {
