@@ -325,7 +325,11 @@ def logged(read: Callable[[], list[dict[str, Any]]], ids: set[str]
 
 
 @pytest.mark.parametrize("stack", ["container"], indirect=True)
-def test_the_image_runs_unprivileged_with_a_health_check(stack: Stack) -> None:
+def test_the_image_runs_unprivileged_with_a_health_check(stack: Stack, project: str,
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "report.html").write_text("<p>in the image</p>")
+    assert curl("-T", "report.html", f"{stack.api}/{project}/report", "-H",
+                f"Authorization: Bearer {stack.token}", cwd=tmp_path).status == 201
     config = image_config(stack.image)
     assert config["User"] not in ("", "root", "0")
     assert set(config["Volumes"]) >= {"/etc/artstore", "/srv/artstore"}
@@ -340,6 +344,7 @@ def test_the_image_runs_unprivileged_with_a_health_check(stack: Stack) -> None:
     assert (stack.state / "projects.json").is_file()
     assert (stack.state / "metrics" / "counters.json").is_file()
     assert (stack.state / "projects.json").stat().st_uid != 0
+    assert (stack.public / project / "report" / "index.html").stat().st_uid != 0
 
 
 @needs_nginx
