@@ -36,7 +36,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .openapi import document
 from .settings import Settings, config_path, load
-from .store import Incoming, Store
+from .store import Incoming, Store, upload_too_large
 
 log = logging.getLogger("artstore")
 PROBLEM = "application/problem+json"
@@ -90,8 +90,7 @@ def render_error(exc: Exception) -> Response:
         code = exc.code or 500
         detail = exc.description or exc.name
         if code == 413:
-            detail = (f"the request body is larger than the limit of "
-                      f"{current_app.config['MAX_CONTENT_LENGTH']} bytes")
+            detail = upload_too_large(current_app.config["MAX_CONTENT_LENGTH"]).detail
         response = problem(code, exc.name, detail)
         if code == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
@@ -201,7 +200,7 @@ def upload(project: str, item: str) -> Any:
     store.item_type(project, item)  # 404 before a byte of the body is read
     limit = services().settings.max_upload_bytes
     if (request.content_length or 0) > limit:
-        raise TooLarge(f"the upload is larger than the limit of {limit} bytes")
+        raise upload_too_large(limit)
     if request.method == "PUT":
         if request.content_length is None and "chunked" not in request.headers.get(
                 "Transfer-Encoding", "").lower():

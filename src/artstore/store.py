@@ -65,6 +65,10 @@ def check_metadata(fields: dict[str, str]) -> dict[str, str]:
     return dict(fields)
 
 
+def upload_too_large(limit: int) -> TooLarge:
+    return TooLarge(f"the upload is larger than the limit of {limit} bytes")
+
+
 class Incoming:
     """An upload being received into ``temp_path``: hashed and counted as it is written.
 
@@ -85,7 +89,7 @@ class Incoming:
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.size > self.limit:
-            raise TooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+            raise upload_too_large(self.limit)
         self._hash.update(data)
         with storage.disk_errors("receiving the upload"):
             view = memoryview(data)
