@@ -31,6 +31,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 PROJECT, ITEM = _param("project"), _param("item")
+# Reads are public unless the read_requires_token setting is on: a token is optional.
+READ = {"security": [{}, {"bearer": []}]}
 WRITE_ERRORS = (400, 401, 403, 404)
 UPLOAD_ERRORS = (400, 401, 403, 404, 409, 411, 413, 415, 422, 507)
 
@@ -155,17 +157,17 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": _json({"type": "object"}, "ok")}}},
         "/_openapi.json": {"get": {"summary": "this document", "security": [],
                                    "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
-        "/_metrics": {"get": {
+        "/_metrics": {"get": {**READ,
             "summary": "upload counters, durations and free disk space, summed over all "
                        "worker processes (Prometheus text format)",
             "responses": {"200": {"description": "metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}, **_errors(401)}}},
-        "/": {"get": {"summary": "list projects",
+        "/": {"get": {**READ, "summary": "list projects",
                       "responses": {"200": _json(_ref("ProjectList"), "projects"),
                                     **_errors(401)}}},
         "/{project}": {
             "parameters": [PROJECT],
-            "get": {"summary": "a project's configuration and item states",
+            "get": {**READ, "summary": "a project's configuration and item states",
                     "responses": {"200": _json(_ref("Project"), "the project"),
                                   **_errors(400, 401, 404)}},
             "post": {"summary": "create a project (admin)",
@@ -201,7 +203,8 @@ def _paths() -> dict[str, Any]:
         },
         "/{project}/{item}": {
             "parameters": [PROJECT, ITEM],
-            "get": {"summary": "the item: live release, kept releases or collection files",
+            "get": {**READ,
+                    "summary": "the item: live release, kept releases or collection files",
                     "responses": {"200": _json(_ref("Item"), "the item"),
                                   **_errors(400, 401, 404)}},
             "post": {"summary": "upload as multipart/form-data, file under key 'item'",
@@ -222,7 +225,7 @@ def _paths() -> dict[str, Any]:
         },
         "/{project}/{item}/latest": {
             "parameters": [PROJECT, ITEM],
-            "get": {"summary": "redirect to the newest file of a collection",
+            "get": {**READ, "summary": "redirect to the newest file of a collection",
                     "responses": {"302": {"description": "to the newest file"},
                                   **_errors(400, 401, 404)}},
         },
