@@ -76,20 +76,22 @@ def disk_errors(action: str) -> Iterator[None]:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data``: temp file beside it, fsync, rename, fsync dir."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + path.name + ".")
-    fcntl.flock(fd, fcntl.LOCK_EX)  # a concurrent sweep must not take it from under us
+    # The temp file stays open, and so claimed, until it has been renamed into place.
+    fd, tmp = claimed_file(path.parent, TMP_PREFIX + path.name + ".")
     try:
         with disk_errors(f"writing {path.name}"):
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 
@@ -112,26 +114,56 @@ def locked(path: Path, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def hold_claim(path: Path) -> int:
-    """Lock a file or directory we are filling, so a sweep leaves it alone while we live."""
-    fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def is_abandoned(path: Path) -> bool:
-    """True if nobody holds a claim on ``path`` (its writer finished or died)."""
+def _claim(fd: int, path: str) -> bool:
+    """Lock a new temp entry, then make sure a sweep did not remove it before that."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+def claimed_file(directory: Path, prefix: str) -> tuple[int, str]:
+    """A new temp file, open and locked: a sweep in another process leaves it alone.
+
+    The lock goes with the descriptor, so a writer that dies releases its claim.
+    """
+    while True:
+        fd, path = tempfile.mkstemp(dir=directory, prefix=prefix)
+        if _claim(fd, path):
+            return fd, path
+        os.close(fd)
+
+
+def claimed_dir(directory: Path, prefix: str) -> tuple[Path, int]:
+    """A new temp directory and a locked descriptor on it (see ``claimed_file``)."""
+    while True:
+        path = tempfile.mkdtemp(dir=directory, prefix=prefix)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        if _claim(fd, path):
+            return Path(path), fd
+        os.close(fd)
+
+
+def _remove_if_abandoned(entry: os.DirEntry[str]) -> None:
+    """Remove a temp entry nobody holds a claim on, keeping the lock while removing it."""
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
+        os.close(fd)
+        return
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
     finally:
         os.close(fd)
-    return True
 
 
 def swap_symlink(link: Path, target: str, tmp_tag: str) -> None:
@@ -164,7 +196,7 @@ def remove_tree(path: Path) -> None:
 
 
 def sweep_temp_entries(directory: Path, symlink_tag: str | None = None) -> None:
-    """Remove leftovers of interrupted atomic writes (``.tmp-*``) that nobody holds.
+    """Remove leftovers (``.tmp-*``) of writers that finished or died: not claimed ones.
 
     A temp symlink cannot carry a claim, so only those named ``.tmp-<symlink_tag>...``
     are removed, by a caller that holds the lock under which such links are made.
@@ -177,12 +209,8 @@ def sweep_temp_entries(directory: Path, symlink_tag: str | None = None) -> None:
                 if symlink_tag and entry.name.startswith(TMP_PREFIX + symlink_tag):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
-            elif is_abandoned(Path(entry.path)):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+            else:
+                _remove_if_abandoned(entry)
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -17,13 +17,11 @@ into agreement and removes leftovers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -78,8 +76,7 @@ class Incoming:
     """
 
     def __init__(self, temp_dir: Path, limit: int) -> None:
-        fd, path = tempfile.mkstemp(dir=temp_dir, prefix=storage.TMP_PREFIX + "upload-")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd, path = storage.claimed_file(temp_dir, storage.TMP_PREFIX + "upload-")
         self.path = Path(path)
         self.file = os.fdopen(fd, "w+b", buffering=0)
         self.limit = limit
@@ -188,9 +185,9 @@ class Store:
     def _staging(self, project: str, item: str) -> tuple[Path, int]:
         folder = self._item_dir(project, item)
         folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=folder, prefix=storage.TMP_PREFIX + "stage-"))
+        stage, claim = storage.claimed_dir(folder, storage.TMP_PREFIX + "stage-")
         os.chmod(stage, 0o755)
-        return stage, storage.hold_claim(stage)
+        return stage, claim
 
     # --------------------------------------------------------------- projects
 
