@@ -6,6 +6,7 @@ every error - ours, Werkzeug's and unexpected ones - as ``application/problem+js
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -13,12 +14,13 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from flask import Flask, Request, Response, current_app, g, redirect, request, url_for
+from flask import Flask, Response, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.security import safe_join
 from werkzeug.utils import send_file
 
@@ -42,6 +44,9 @@ log = logging.getLogger("artstore")
 PROBLEM = "application/problem+json"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_JSON_BYTES = 1024 * 1024
+CHUNK = 1024 * 1024
+MAX_FIELD_BYTES = 64 * 1024  # one metadata field; the store allows 1024 characters
+MAX_PARTS = 100
 API_PREFIX = "/artstore"
 
 
@@ -55,17 +60,6 @@ class Services:
 
 def services() -> Services:
     return current_app.extensions["artstore"]  # type: ignore[no-any-return]
-
-
-class UploadRequest(Request):
-    """Multipart files are streamed straight into ``temp_path``, hashed on the way."""
-
-    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
-                         filename: str | None = None,
-                         content_length: int | None = None) -> Any:
-        incoming = services().store.receive()
-        g.setdefault("incoming", []).append(incoming)
-        return incoming
 
 
 # ------------------------------------------------------------------ errors
@@ -149,6 +143,69 @@ def created(body: Any, location: str) -> Response:
     return response
 
 
+def body_chunks() -> Iterator[bytes]:
+    """The request body in large pieces, read straight from the server.
+
+    Werkzeug's stream wrappers and its multipart parser read 64 KiB at a time, and
+    gunicorn recopies its read-ahead buffer on every such read; 1 MiB reads avoid most
+    of that copying (see docs/benchmarks.md).
+    """
+    stream = request.environ["wsgi.input"]
+    remaining = request.content_length
+    while remaining is None or remaining > 0:
+        chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
+        if not chunk:
+            return
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk
+
+
+def receive_into(store: Store) -> Incoming:
+    incoming = store.receive()
+    g.setdefault("incoming", []).append(incoming)  # discarded when the request ends
+    return incoming
+
+
+def receive_multipart(store: Store) -> tuple[Incoming, str | None, dict[str, str]]:
+    """Stream a multipart body: the file under ``item`` to temp, other fields to a dict."""
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary:
+        raise BadRequest("the multipart body has no boundary")
+    decoder = MultipartDecoder(boundary.encode("latin-1"), MAX_FIELD_BYTES,
+                               max_parts=MAX_PARTS)
+    incoming: Incoming | None = None
+    filename = None
+    fields: dict[str, str] = {}
+    part: Field | File | None = None
+    value: list[bytes] = []
+    try:
+        for chunk in itertools.chain(body_chunks(), [None]):
+            decoder.receive_data(chunk)
+            event = decoder.next_event()
+            while not isinstance(event, (Epilogue, NeedData)):
+                if isinstance(event, File):
+                    if event.name != "item" or incoming is not None:
+                        raise BadRequest("send one file, under key 'item'; other parts "
+                                         "must be plain fields")
+                    part, incoming, filename = event, receive_into(store), event.filename
+                elif isinstance(event, Field):
+                    part, value = event, []
+                elif isinstance(event, Data):
+                    if isinstance(part, File):
+                        incoming.write(event.data)  # type: ignore[union-attr]
+                    elif part is not None:
+                        value.append(event.data)
+                        if not event.more_data:
+                            fields[part.name] = b"".join(value).decode("utf-8", "replace")
+                event = decoder.next_event()
+    except ValueError as exc:
+        raise BadRequest(f"the multipart body is malformed or incomplete: {exc}") from None
+    if incoming is None:
+        raise BadRequest("the multipart body has no file under key 'item'")
+    return incoming, filename, fields
+
+
 # ------------------------------------------------------------ endpoints
 
 
@@ -205,30 +262,22 @@ def upload(project: str, item: str) -> Any:
         if request.content_length is None and "chunked" not in request.headers.get(
                 "Transfer-Encoding", "").lower():
             raise LengthRequired("send a Content-Length or use chunked transfer encoding")
-        incoming = store.receive()
-        g.setdefault("incoming", []).append(incoming)
-        incoming.copy_from(request.stream.read)
+        incoming = receive_into(store)
+        for chunk in body_chunks():
+            incoming.write(chunk)
         if request.content_length is not None and incoming.size != request.content_length:
             # gunicorn ends the stream quietly when the client goes away early.
             raise BadRequest(f"the body ended after {incoming.size} of "
                              f"{request.content_length} bytes; nothing was published")
-        args = request.args.to_dict()
-        filename = args.pop("filename", None)
-        sha256 = request.headers.get("X-Checksum-Sha256") or args.pop("sha256", None)
-        metadata = args
+        fields = request.args.to_dict()
+        filename = fields.pop("filename", None)
     else:
         if request.mimetype != "multipart/form-data":
             raise UnsupportedType("POST the file as multipart/form-data under key 'item', "
                                   "or PUT the raw body")
-        file = request.files.get("item")
-        if file is None or not isinstance(file.stream, Incoming):
-            raise BadRequest("the multipart body has no file under key 'item'")
-        incoming = file.stream
-        filename = file.filename
-        fields = request.form.to_dict()
-        sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
-        metadata = fields
-    result = store.publish(project, item, incoming, filename=filename, metadata=metadata,
+        incoming, filename, fields = receive_multipart(store)
+    sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
+    result = store.publish(project, item, incoming, filename=filename, metadata=fields,
                            sha256=sha256, site_url=site_url())
     return created(result, url_for("get_item", project=project, item=item, _external=True))
 
@@ -306,7 +355,6 @@ ROUTES = [
 def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Flask:
     """The API as a WSGI app, for ``settings``. Sweeps leftovers of a crash first."""
     app = Flask("artstore")
-    app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store(settings)

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from urllib.parse import quote
 
 from . import archive, pages, storage
@@ -94,15 +94,6 @@ class Incoming:
                 view = view[self.file.write(view):]
         return len(data)
 
-    def copy_from(self, read: Callable[[int], bytes]) -> None:
-        """Drain a body stream into the file in large chunks."""
-        while True:
-            chunk = read(CHUNK)
-            if not chunk:
-                break
-            self.write(chunk)
-
-    # Werkzeug's multipart parser rewinds the container it wrote to.
     def seek(self, offset: int, whence: int = 0) -> int:
         return self.file.seek(offset, whence)
 
