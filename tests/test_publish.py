@@ -343,3 +343,30 @@ def test_disk_full_while_receiving_answers_507_and_keeps_the_live_release(
         assert leftovers(settings) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary") -> bytes:
+    """Encode parts by hand (Werkzeug's test client spools big bodies to a temp file)."""
+    out = b""
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"'
+                                                      if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_multipart_with_a_file_larger_than_a_read_and_fields_after_it(
+        client: Any, settings: Any, demo: None) -> None:
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    body = multipart([("item", big, "big.bin"),
+                      ("sha256", hashlib.sha256(big).hexdigest().encode(), None),
+                      ("commit", b"c", None)])
+    kind = "multipart/form-data; boundary=b0undary"
+    r = client.post("/demo/builds", headers=AUTH, content_type=kind, data=body)
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["metadata"] == {"commit": "c"}
+    assert (settings.base_path / "demo/builds/big.bin").read_bytes() == big
+    body = multipart([("item", b"x", "x.bin"), ("note", b"n" * 70_000, None)])
+    r = client.post("/demo/builds", headers=AUTH, content_type=kind, data=body)
+    assert r.status_code == 400

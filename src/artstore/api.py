@@ -172,8 +172,9 @@ def receive_multipart(store: Store) -> tuple[Incoming, str | None, dict[str, str
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary:
         raise BadRequest("the multipart body has no boundary")
-    decoder = MultipartDecoder(boundary.encode("latin-1"), MAX_FIELD_BYTES,
-                               max_parts=MAX_PARTS)
+    # No max_form_memory_size here: Werkzeug applies it to each piece fed in, which
+    # is 1 MiB; the fields' own size is checked below.
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=MAX_PARTS)
     incoming: Incoming | None = None
     filename = None
     fields: dict[str, str] = {}
@@ -196,6 +197,9 @@ def receive_multipart(store: Store) -> tuple[Incoming, str | None, dict[str, str
                         incoming.write(event.data)  # type: ignore[union-attr]
                     elif part is not None:
                         value.append(event.data)
+                        if sum(map(len, value)) > MAX_FIELD_BYTES:
+                            raise BadRequest(f"the form field {part.name!r} is longer than "
+                                             f"{MAX_FIELD_BYTES} bytes")
                         if not event.more_data:
                             fields[part.name] = b"".join(value).decode("utf-8", "replace")
                 event = decoder.next_event()
