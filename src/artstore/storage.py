@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -182,17 +183,24 @@ def swap_symlink(link: Path, target: str, tmp_tag: str) -> None:
     fsync_dir(link.parent)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory: first renamed away in one step, then deleted at leisure."""
+def remove_tree(path: Path, wait: bool = True) -> None:
+    """Remove a directory: first renamed away in one step, then deleted.
+
+    With ``wait=False`` the deletion runs in a background thread, so a publish does
+    not wait for thousands of unlinks of a release it pruned; if the process dies
+    first, the renamed leftover is removed by the next sweep.
+    """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     doomed = path.with_name(f"{TMP_PREFIX}{path.name}.gone.{os.urandom(4).hex()}")
     os.rename(path, doomed)
-    if doomed.is_dir() and not doomed.is_symlink():
+    if not doomed.is_dir() or doomed.is_symlink():
+        doomed.unlink()
+    elif wait:
         shutil.rmtree(doomed, ignore_errors=True)
     else:
-        doomed.unlink()
+        threading.Thread(target=shutil.rmtree, args=(doomed, True), daemon=True).start()
 
 
 def sweep_temp_entries(directory: Path, symlink_tag: str | None = None) -> None:

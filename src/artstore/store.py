@@ -431,7 +431,7 @@ class Store:
         self._write_state(project, item, state)  # the commit point
         self._point_live(project, item, generation)
         if old:
-            storage.remove_tree(self._item_dir(project, item) / old)
+            storage.remove_tree(self._item_dir(project, item) / old, wait=False)
         return state
 
     def _still_configured(self, project: str, item: str, conf: dict[str, Any]) -> None:
@@ -540,7 +540,7 @@ class Store:
             state["releases"] = [r for r in releases if r["release"] in kept]
             self._write_state(project, item, state)
             for release in doomed:
-                storage.remove_tree(self._item_dir(project, item) / release)
+                storage.remove_tree(self._item_dir(project, item) / release, wait=False)
 
     def _drop_item(self, project: str, item: str) -> None:
         with self._item_lock(project, item):
