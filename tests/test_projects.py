@@ -236,3 +236,20 @@ def test_reads_can_be_made_to_need_a_token(tmp_path: Path) -> None:
     assert c.get("/").status_code == 401
     assert c.get("/", headers=AUTH).status_code == 200
     assert c.get("/_health").status_code == 200
+
+
+def test_project_listing_follows_changes_made_by_another_worker(
+        client: Any, make_project: Any, settings: Any) -> None:
+    from artstore.store import Store
+
+    make_project("demo", ITEMS)
+    assert client.get("/").get_json()["projects"][0]["last_publish"] is None
+    other = Store(settings)  # another worker process, as far as the files can tell
+    upload = other.receive()
+    upload.write(b"<p>hi</p>")
+    other.publish("demo", "report", upload, filename=None, metadata={}, sha256=None,
+                  site_url="/")
+    upload.discard()
+    assert client.get("/").get_json()["projects"][0]["last_publish"] is not None
+    other.create_project("second", {"items": {}})
+    assert [p["name"] for p in client.get("/").get_json()["projects"]] == ["demo", "second"]

@@ -74,8 +74,12 @@ def disk_errors(action: str) -> Iterator[None]:
         raise
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file beside it, fsync, rename, fsync dir."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file beside it, fsync, rename, fsync dir.
+
+    ``durable=False`` skips the fsyncs, for files that only need to be whole, not to
+    survive a power cut.
+    """
     path = Path(path)
     # The temp file stays open, and so claimed, until it has been renamed into place.
     fd, tmp = claimed_file(path.parent, TMP_PREFIX + path.name + ".")
@@ -85,7 +89,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -93,7 +98,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any, mode: int = 0o644) -> None:

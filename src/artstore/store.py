@@ -133,6 +133,10 @@ class Store:
         for path in (self.base, settings.temp_path, self.items_state):
             path.mkdir(parents=True, exist_ok=True)
         self.registry.load()  # a broken projects.json stops start-up here
+        # Rewritten with new random content after every change, so a worker knows when
+        # its cached project listing is stale (mtimes are too coarse for that).
+        self.changed_marker = settings.state_dir / "changed"
+        self._listing: tuple[dict[str, Any], bytes, list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ paths
 
@@ -214,11 +218,17 @@ class Store:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))
 
     def list_projects(self) -> list[dict[str, Any]]:
+        """All projects; computed again only after something changed (in any worker)."""
+        projects, marker = self.registry.load(), _read_marker(self.changed_marker)
+        cached = self._listing
+        if cached is not None and cached[0] is projects and cached[1] == marker:
+            return cached[2]
         out = []
-        for name, conf in sorted(self.registry.load().items()):
+        for name, conf in sorted(projects.items()):
             times = [t for t in (self.last_publish(name, i) for i in conf["items"]) if t]
             out.append({"name": name, "description": conf["description"],
                         "items": sorted(conf["items"]), "last_publish": max(times, default=None)})
+        self._listing = (projects, marker, out)
         return out
 
     def get_project(self, name: str) -> dict[str, Any]:
@@ -563,6 +573,7 @@ class Store:
                      for name, c in sorted(conf["items"].items())]
             _write_page(self.base / project / "index.html",
                         pages.project_page(project, conf["description"], items))
+        _mark_changed(self.changed_marker)
 
     def _write_root_page(self) -> None:
         with storage.locked(self.settings.state_dir / "pages.lock"):
@@ -672,6 +683,17 @@ def _place(upload: Incoming, target: Path) -> None:
         with open(target, "xb") as out:
             shutil.copyfileobj(upload.file, out, CHUNK)
     os.chmod(target, 0o644)
+
+
+def _mark_changed(marker: Path) -> None:
+    storage.atomic_write(marker, os.urandom(8).hex().encode(), durable=False)
+
+
+def _read_marker(marker: Path) -> bytes:
+    try:
+        return marker.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _write_page(path: Path, data: bytes) -> None:
