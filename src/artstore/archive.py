@@ -121,6 +121,18 @@ def _fold(path: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", path).casefold())
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask would, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777  # unknown: always set modes explicitly
+
+
 class _Tree:
     """The tree being extracted: checks member names and clashes, and writes below ``dest``.
 
@@ -140,6 +152,11 @@ class _Tree:
         self.offence_count = 0
         self.files = 0
         self.bytes = 0
+        # Modes are set explicitly only where the umask would change them: one syscall
+        # fewer per member in the usual case (umask 022 or 0).
+        umask = _current_umask()
+        self.fix_file_mode = umask & 0o644 != 0
+        self.fix_dir_mode = umask & 0o755 != 0
 
     def offend(self, name: str | bytes, reason: str) -> None:
         self.offence_count += 1
@@ -271,7 +288,8 @@ class _Tree:
                 self.make_dir(parent)
             full = f"{self.dest}/{path}"
             os.mkdir(full, 0o755)
-            os.chmod(full, 0o755)  # whatever the umask; only we write below dest, no links
+            if self.fix_dir_mode:
+                os.chmod(full, 0o755)  # only we write below dest, and never a link
             self.created.add(path)
 
     def write_file(self, path: str, chunks: Iterable[bytes]) -> None:
@@ -280,7 +298,8 @@ class _Tree:
             self.make_dir(parent)
         fd = os.open(f"{self.dest}/{path}", _FILE_FLAGS, 0o644)
         try:
-            os.fchmod(fd, 0o644)
+            if self.fix_file_mode:
+                os.fchmod(fd, 0o644)
             for chunk in chunks:
                 written = os.write(fd, chunk)
                 if written < len(chunk):
