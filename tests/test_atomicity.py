@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -198,10 +199,8 @@ def test_sigkill_during_extraction_leaves_the_live_release_and_no_leftovers(
 
 
 def _swallow(call: Any) -> None:
-    try:
+    with contextlib.suppress(requests.RequestException):
         call()
-    except requests.RequestException:
-        pass
 
 
 PUBLISH = """

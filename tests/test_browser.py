@@ -10,8 +10,9 @@ import io
 import struct
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import quote
 
 import pytest

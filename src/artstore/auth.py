@@ -12,9 +12,10 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import storage
 from .errors import Forbidden, NotFound, Unauthorized

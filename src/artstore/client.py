@@ -23,9 +23,10 @@ import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Optional
 from urllib.parse import quote
 
 import requests

@@ -7,8 +7,9 @@ CSS, no external assets, no JavaScript.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote
 
 STYLE = """
@@ -44,7 +45,7 @@ def _page(title: str, nav: str, body: str) -> bytes:
         "<link rel=\"icon\" href=\"data:,\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
         f"<body><main><nav>{nav}</nav><h1>{escape(title)}</h1>{body}</main></body></html>\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _table(headers: Iterable[str], rows: list[str], empty: str) -> str:
