@@ -57,6 +57,7 @@ class Services:
     store: Store
     tokens: auth.Tokens
     metrics: Metrics
+    listing: tuple[list[dict[str, Any]], bytes] | None = None  # GET /, encoded once
 
 
 def services() -> Services:
@@ -229,7 +230,12 @@ def metrics() -> Any:
 
 def list_projects() -> Any:
     may_read()
-    return {"projects": services().store.list_projects()}
+    found = services().store.list_projects()
+    cached = services().listing
+    if cached is None or cached[0] is not found:  # the store reuses an unchanged listing
+        cached = (found, json.dumps({"projects": found}).encode())
+        services().listing = cached
+    return Response(cached[1], mimetype="application/json")
 
 
 def create_project(project: str) -> Any:
