@@ -389,18 +389,11 @@ def orphans(state: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="racy: a starting worker's sweep recreates the directory "
-                   "of a project deleted meanwhile (see test_a_sweep_racing_a_project_delete_"
-                   "leaves_no_directory_behind)")
 def test_deleted_projects_leave_no_directory_behind(storm: Storm) -> None:
     assert orphans(storm.state) == []
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="a worker's start-up sweep can remove another worker's "
-                   "new staging directory before storage.claimed_dir opens it (see "
-                   "test_a_sweep_at_any_instant_never_breaks_a_publish_in_flight); racy, so "
-                   "not strict")
 def test_killed_workers_never_make_another_request_fail_with_a_5xx(storm: Storm) -> None:
     """A killed request loses its connection; every other answer is a success."""
     statuses = storm.ledger.statuses()
@@ -409,9 +402,6 @@ def test_killed_workers_never_make_another_request_fail_with_a_5xx(storm: Storm)
     assert statuses <= {201, "ConnectionError", "ChunkedEncodingError"}, statuses
 
 
-@pytest.mark.xfail(strict=True, reason="storage.claimed_dir: a sweep that removes the new "
-                   "staging directory between tempfile.mkdtemp() and os.open() makes os.open "
-                   "raise FileNotFoundError (a 500) instead of trying another directory")
 @pytest.mark.parametrize("item", ["docs", "builds"])
 def test_a_sweep_at_any_instant_never_breaks_a_publish_in_flight(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, item: str) -> None:
@@ -469,9 +459,6 @@ def _store(tmp_path: Path) -> Any:
     return settings, Store
 
 
-@pytest.mark.xfail(strict=True, reason="Store.sweep() loads the projects once, then does "
-                   "(base/<project>).mkdir() for each: a delete that commits meanwhile leaves an "
-                   "empty directory that no later sweep removes (it has no .artstore inside)")
 def test_a_sweep_racing_a_project_delete_leaves_no_directory_behind(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker starts and loads the projects; another deletes one; the first goes on."""
@@ -488,8 +475,6 @@ def test_a_sweep_racing_a_project_delete_leaves_no_directory_behind(
     assert orphans(tmp_path / "state") == []
 
 
-@pytest.mark.xfail(strict=True, reason="the sweep only removes a deleted project's directory "
-                   "when it holds .artstore, i.e. when something was once published to it")
 def test_a_project_delete_cut_short_is_finished_by_the_next_start(tmp_path: Path) -> None:
     """Killed between its commit point (projects.json) and removing the directory."""
     settings, Store = _store(tmp_path)
@@ -621,9 +606,6 @@ def server_errors(log: Path) -> list[str]:
             if re.search(r'HTTP/1\.[01]" 5(?!07)\d\d ', line)]
 
 
-@pytest.mark.xfail(strict=True, reason="delete_file and the pruning of a collection write a new "
-                   "index outside storage.disk_errors: on a full disk the ENOSPC OSError "
-                   "becomes a 500, not a 507")
 def test_deleting_a_collection_file_on_a_full_disk_answers_507_or_frees_space(
         small_disk: Path) -> None:
     from artstore import settings as settings_mod
@@ -797,9 +779,6 @@ def test_clients_that_vanish_or_send_less_than_they_said_publish_nothing(
     assert not any(name.startswith("bad-") for name in vanishing.builds)
 
 
-@pytest.mark.xfail(strict=True, reason="api.body_chunks lets gunicorn's NoMoreData / "
-                   "ConnectionResetError (OSErrors) from wsgi.input escape: a body cut short is "
-                   "answered 500 with a traceback in the log, not 400")
 def test_a_body_cut_short_is_a_400_for_a_client_still_listening_never_a_5xx(
         vanishing: Vanishing) -> None:
     """A client that half-closes after sending too little is told why (400); one that resets

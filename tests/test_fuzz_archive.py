@@ -642,8 +642,6 @@ def test_collection_file_names_through_the_api_store_exactly_valid_files(api: An
     assert list(conf.temp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Werkzeug strips the leading slashes of the decoded path, "
-                   "so POST /%2Fzz creates project 'zz' and DELETE /%2Fdemo deletes 'demo'")
 def test_a_percent_encoded_slash_before_a_name_is_refused_not_stripped(api: Any) -> None:
     """The contract: ``%2f`` in a name is a name like any other, and refused."""
     client, conf = api
@@ -655,9 +653,6 @@ def test_a_percent_encoded_slash_before_a_name_is_refused_not_stripped(api: Any)
     assert client.get("/demo").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="store._html_name uses check_filename, whose reserved-name "
-                   "rule (meant for collections) refuses index.html, so `curl -F item=@index.html` "
-                   "and `artstore push p/report index.html` answer 400")
 @pytest.mark.parametrize("how", ["multipart", "query"])
 def test_an_html_item_takes_a_file_named_index_html(api: Any, how: str) -> None:
     """The reserved names protect a collection's generated index; an html item's release holds

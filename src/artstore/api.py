@@ -21,6 +21,7 @@ from flask import Flask, Response, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.security import safe_join
 from werkzeug.utils import send_file
@@ -62,6 +63,17 @@ class Services:
 
 def services() -> Services:
     return current_app.extensions["artstore"]  # type: ignore[no-any-return]
+
+
+class NameConverter(BaseConverter):
+    """A project or item name in a route: any segment not starting with ``_``.
+
+    Paths starting with ``_`` are the service's own (``/_health``...), so a wrong method
+    on them is a 405, not an attempt on a project named ``_health``. Whether the name is
+    valid is checked by the store, which answers 400.
+    """
+
+    regex = r"[^_/][^/]*"
 
 
 # ------------------------------------------------------------------ errors
@@ -155,7 +167,12 @@ def body_chunks() -> Iterator[bytes]:
     stream = request.environ["wsgi.input"]
     remaining = request.content_length
     while remaining is None or remaining > 0:
-        chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
+        try:
+            chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
+        except Exception:  # noqa: BLE001 - whatever the server raises (NoMoreData, a bad
+            # chunk terminator, a reset connection), the body the client sent is broken.
+            raise BadRequest("the request body ended before it was complete; nothing was "
+                             "published") from None
         if not chunk:
             return
         if remaining is not None:
@@ -345,18 +362,18 @@ ROUTES = [
     ("/_openapi.json", openapi, ["GET"]),
     ("/_metrics", metrics, ["GET"]),
     ("/", list_projects, ["GET"]),
-    ("/<project>", get_project, ["GET"]),
-    ("/<project>", create_project, ["POST"]),
-    ("/<project>", update_project, ["PUT"]),
-    ("/<project>", delete_project, ["DELETE"]),
-    ("/<project>/_tokens", list_tokens, ["GET"]),
-    ("/<project>/_tokens", create_token, ["POST"]),
-    ("/<project>/_tokens/<token_id>", revoke_token, ["DELETE"]),
-    ("/<project>/<item>", get_item, ["GET"]),
-    ("/<project>/<item>", upload, ["POST", "PUT"]),
-    ("/<project>/<item>/latest", latest, ["GET"]),
-    ("/<project>/<item>/rollback", rollback, ["POST"]),
-    ("/<project>/<item>/<filename>", delete_file, ["DELETE"]),
+    ("/<name:project>", get_project, ["GET"]),
+    ("/<name:project>", create_project, ["POST"]),
+    ("/<name:project>", update_project, ["PUT"]),
+    ("/<name:project>", delete_project, ["DELETE"]),
+    ("/<name:project>/_tokens", list_tokens, ["GET"]),
+    ("/<name:project>/_tokens", create_token, ["POST"]),
+    ("/<name:project>/_tokens/<token_id>", revoke_token, ["DELETE"]),
+    ("/<name:project>/<name:item>", get_item, ["GET"]),
+    ("/<name:project>/<name:item>", upload, ["POST", "PUT"]),
+    ("/<name:project>/<name:item>/latest", latest, ["GET"]),
+    ("/<name:project>/<name:item>/rollback", rollback, ["POST"]),
+    ("/<name:project>/<name:item>/<filename>", delete_file, ["DELETE"]),
 ]
 
 
@@ -375,6 +392,7 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
     app.extensions["artstore"] = Services(settings, store,
                                           auth.Tokens(settings.state_dir, admin_token),
                                           Metrics(settings.state_dir, disks))
+    app.url_map.converters["name"] = NameConverter
     for path, view, methods in ROUTES:
         app.add_url_rule(path, view.__name__, view, methods=methods)
     app.register_error_handler(Exception, render_error)
@@ -384,6 +402,11 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
         g.started = time.monotonic()
+        # Werkzeug decodes %2F and then drops leading slashes, so "/%2Fdemo" would reach
+        # project "demo": refuse an encoded slash anywhere in the path instead.
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+        if "%2f" in raw.split("?", 1)[0].lower():
+            raise BadRequest("a name may not contain a slash, encoded or not")
 
     @app.after_request
     def _count_upload(response: Response) -> Response:

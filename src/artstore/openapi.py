@@ -44,23 +44,23 @@ SCHEMAS: dict[str, Any] = {
                        "status": {"type": "integer"}, "detail": {"type": "string"},
                        "request_id": {"type": "string", "nullable": True}},
     },
-    "ItemSettings": {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {"type": "string", "enum": ["html", "tgz", "zip", "collection"]},
-            "keep": {"type": "integer", "minimum": 1, "maximum": 10000,
-                     "description": "releases kept (html, tgz, zip)"},
-            "depth": {"type": "integer", "minimum": 1, "maximum": 10000,
-                      "description": "files kept (collection)"},
-        },
-        "additionalProperties": False,
-    },
+    "ItemSettings": {"oneOf": [
+        {"type": "object", "required": ["type"], "additionalProperties": False,
+         "properties": {"type": {"type": "string", "enum": ["html", "tgz", "zip"]},
+                        "keep": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                 "description": "releases kept"}}},
+        {"type": "object", "required": ["type"], "additionalProperties": False,
+         "properties": {"type": {"type": "string", "enum": ["collection"]},
+                        "depth": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                  "description": "files kept"}}},
+    ]},
     "ProjectConfig": {
         "type": "object",
         "properties": {
             "description": {"type": "string", "maxLength": 1000},
-            "items": {"type": "object", "additionalProperties": _ref("ItemSettings")},
+            "items": {"type": "object", "additionalProperties": _ref("ItemSettings"),
+                      "description": "item names: 1-64 of A-Z a-z 0-9 . _ -, starting with "
+                                     "a letter or digit; not index.html or index.json"},
         },
         "additionalProperties": False,
     },

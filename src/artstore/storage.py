@@ -147,7 +147,10 @@ def claimed_dir(directory: Path, prefix: str) -> tuple[Path, int]:
     """A new temp directory and a locked descriptor on it (see ``claimed_file``)."""
     while True:
         path = tempfile.mkdtemp(dir=directory, prefix=prefix)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # swept before we could claim it: make another
+            continue
         if _claim(fd, path):
             return Path(path), fd
         os.close(fd)

@@ -37,7 +37,7 @@ from .errors import (
     Unprocessable,
     UnsupportedType,
 )
-from .names import check_filename, check_name
+from .names import NAME_RE, check_filename, check_name, filename_problem
 from .registry import RELEASE_TYPES, Registry, normalise_project
 from .settings import Settings
 
@@ -289,15 +289,19 @@ class Store:
         return self.get_project(name)
 
     def delete_project(self, name: str) -> None:
-        check_name(name, "project name")
+        self._project(name)
+        folder = self.items_state / name
+        folder.mkdir(parents=True, exist_ok=True)
 
         def remove(projects: dict[str, Any]) -> None:
             if projects.pop(name, None) is None:
                 raise NotFound(f"project {name!r} does not exist")
 
-        self.registry.change(remove)
-        storage.remove_tree(self.base / name)
-        storage.remove_tree(self.items_state / name)
+        # Under the project's page lock, so no page writer recreates its directory.
+        with storage.locked(folder / "pages.lock"):
+            self.registry.change(remove)
+            storage.remove_tree(self.base / name)
+        storage.remove_tree(folder)
         self._write_root_page()
 
     # ----------------------------------------------------------------- upload
@@ -420,6 +424,12 @@ class Store:
         live generation, so the cost follows ``depth``, not the collection's history.
         Called with the item lock held.
         """
+        with storage.disk_errors("writing the collection"):
+            return self._commit_collection_files(project, item, conf, state, files, stage)
+
+    def _commit_collection_files(self, project: str, item: str, conf: dict[str, Any],
+                                 state: dict[str, Any], files: list[dict[str, Any]],
+                                 stage: Path) -> dict[str, Any]:
         depth = self._effective(conf)["depth"]
         files = files[-depth:]
         live_dir = self._item_dir(project, item) / state["live"] if state["live"] else None
@@ -569,6 +579,7 @@ class Store:
             conf = self.registry.get(project)
             if conf is None:
                 return
+            (self.base / project).mkdir(exist_ok=True)
             items = [{"name": name, "type": c["type"],
                       "published": self.last_publish(project, name)}
                      for name, c in sorted(conf["items"].items())]
@@ -596,14 +607,13 @@ class Store:
         projects = self.registry.load()
         for entry in os.scandir(self.base):
             if (entry.is_dir(follow_symlinks=False) and entry.name not in projects
-                    and os.path.isdir(os.path.join(entry.path, BOOKKEEPING))):
+                    and _is_project_dir(Path(entry.path))):
                 storage.remove_tree(Path(entry.path))  # a delete that was cut short
         if self.items_state.is_dir():
             for entry in os.scandir(self.items_state):
                 if entry.name not in projects and not entry.name.startswith("."):
                     storage.remove_tree(Path(entry.path))
         for name, conf in projects.items():
-            (self.base / name).mkdir(exist_ok=True)
             storage.sweep_temp_entries(self.base / name)
             storage.sweep_temp_entries(self.items_state / name)
             for item, item_conf in conf["items"].items():
@@ -658,7 +668,12 @@ def _base_name(filename: str) -> str:
 
 
 def _html_name(filename: str | None) -> str:
-    name = check_filename(_base_name(filename)) if filename else "index.html"
+    name = _base_name(filename) if filename else "index.html"
+    # Not check_filename: its reserved names are a collection's generated indexes, and
+    # an html item's page is rightly called index.html.
+    problem = filename_problem(name)
+    if problem:
+        raise BadRequest(f"invalid file name {name!r}: {problem}")
     if not name.lower().endswith((".html", ".htm")):
         raise UnsupportedType(f"an html item takes one .html or .htm file, not {name!r}")
     return name
@@ -684,6 +699,14 @@ def _place(upload: Incoming, target: Path) -> None:
         with open(target, "xb") as out:
             shutil.copyfileobj(upload.file, out, CHUNK)
     os.chmod(target, 0o644)
+
+
+def _is_project_dir(path: Path) -> bool:
+    """True for a directory only artstore could have made: a project's, not a user's file."""
+    if not NAME_RE.fullmatch(path.name):
+        return False
+    return all(e.name in ("index.html", BOOKKEEPING) or e.name.startswith(storage.TMP_PREFIX)
+               for e in os.scandir(path))
 
 
 def _mark_changed(marker: Path) -> None:
