@@ -292,3 +292,16 @@ def overlapping_zip_bomb(count: int, kernel_size: int) -> bytes:
         csize = len(body) - offsets[i] - len(headers[i])
         central += _central(RawEntry(name, method=8), crcs[i], csize, sizes[i], offsets[i])
     return bytes(body + central + _end(count, central, len(body)))
+
+
+def site_tgz(files: dict[str, bytes], prefix: str = "") -> bytes:
+    """A gzip'd tar of ``files`` (path -> content), each path under ``prefix``."""
+    return tgz_bytes([member(prefix + name, data) for name, data in files.items()])
+
+
+def site_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

@@ -13,7 +13,6 @@ import io
 import os
 import re
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ import pytest
 from artstore import settings as settings_mod
 from artstore.api import create_app
 
+from .archives import site_tgz
 from .conftest import ADMIN, write_config
 
 CALLERS = ("none", "bad", "other", "own", "admin")
@@ -30,12 +30,7 @@ ITEMS = {"docs": {"type": "tgz", "keep": 3}, "builds": {"type": "collection", "d
 
 
 def tgz(text: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("index.html")
-        info.size = len(text)
-        tar.addfile(info, io.BytesIO(text))
-    return buf.getvalue()
+    return site_tgz({"index.html": text})
 
 
 @dataclass

@@ -5,34 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tarfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .archives import site_tgz as tgz
+from .archives import site_zip as zipped
 from .conftest import AUTH
-
-
-def tgz(files: dict[str, bytes], prefix: str = "") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(prefix + name)
-            info.size = len(data)
-            info.mode = 0o600
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def post(client: Any, path: str, data: bytes, filename: str = "upload.bin",

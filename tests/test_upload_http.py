@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import socket
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from .archives import site_tgz
 from .conftest import ADMIN, AUTH, Server, start_server, write_config
 
 LIMIT = 256 * 1024
@@ -30,12 +29,7 @@ def small(tmp_path: Path) -> Iterator[Server]:
 
 
 def site(text: bytes = b"live") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("index.html")
-        info.size = len(text)
-        tar.addfile(info, io.BytesIO(text))
-    return buf.getvalue()
+    return site_tgz({"index.html": text})
 
 
 def temp_is_empty(tmp_path: Path) -> bool:
