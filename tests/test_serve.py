@@ -189,3 +189,17 @@ def test_readme_curl_examples_work_as_written(embedded: Server, tmp_path: Path) 
     r = requests.get(f"{embedded.url}/demo/builds").json()
     assert [f["name"] for f in r["files"]] == ["tool-1.0.bin"]
     assert requests.get(f"{embedded.root}/demo/report/report.html").text == "<p>all green</p>\n"
+
+
+def test_embedded_file_server_redirects_a_directory_with_an_encoded_location(
+        embedded: Server, tmp_path: Path) -> None:
+    token = (tmp_path / "artstore-data" / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    requests.post(f"{embedded.url}/demo", json={"items": {"builds": {"type": "collection"}}},
+                  headers=auth).raise_for_status()
+    requests.put(f"{embedded.url}/demo/builds", params={"filename": "a b.bin"}, data=b"x",
+                 headers=auth).raise_for_status()
+    r = requests.get(f"{embedded.root}/demo/builds", allow_redirects=False)
+    assert r.status_code == 301 and r.headers["Location"].endswith("/demo/builds/")
+    assert requests.get(f"{embedded.root}/demo/builds/a%20b.bin").content == b"x"
+    assert requests.get(f"{embedded.root}/demo/.artstore").status_code == 404

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, Response, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
@@ -447,7 +448,7 @@ def create_files_app(settings: Settings) -> Flask:
             raise NotFound("not found")
         if os.path.isdir(target):
             if path and not path.endswith("/"):
-                return redirect(request.script_root + "/" + path + "/", code=301)
+                return redirect(f"{request.script_root}/{quote(path)}/", code=301)
             target = os.path.join(target, "index.html")
         if not os.path.isfile(target):
             raise NotFound(f"/{path} is not published")
