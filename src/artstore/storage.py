@@ -104,7 +104,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
 
 
 def write_json(path: Path, data: Any, mode: int = 0o644) -> None:
-    atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), mode)
+    # No indent: with one, json falls back to its pure-Python encoder, which made
+    # every change to a 1,000-project projects.json take 10x longer.
+    atomic_write(path, (json.dumps(data, sort_keys=True) + "\n").encode(), mode)
 
 
 @contextlib.contextmanager
