@@ -110,7 +110,7 @@ def write_json(path: Path, data: Any, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path, shared: bool = False) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an ``flock`` on ``path`` (created if needed): serialises worker processes.
 
     The kernel drops the lock when its holder dies, so a killed worker never leaves
@@ -118,7 +118,7 @@ def locked(path: Path, shared: bool = False) -> Iterator[None]:
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

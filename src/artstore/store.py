@@ -98,9 +98,6 @@ class Incoming:
     def seek(self, offset: int, whence: int = 0) -> int:
         return self.file.seek(offset, whence)
 
-    def tell(self) -> int:
-        return self.file.tell()
-
     def read(self, size: int = -1) -> bytes:
         return self.file.read(size)
 
