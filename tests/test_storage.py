@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from artstore import storage
 
@@ -55,3 +56,21 @@ def test_atomic_write_sets_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> N
     storage.atomic_write(tmp_path / "secret", b"s", mode=0o600)
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["secret"]
+
+
+def test_a_failing_start_up_sweep_does_not_stop_the_worker(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    """gunicorn stops the whole service when a worker fails to boot."""
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+    from artstore.store import Store
+
+    from .conftest import ADMIN, write_config
+
+    def broken(self: Store) -> None:
+        raise FileNotFoundError("a directory vanished under the sweep")
+
+    monkeypatch.setattr(Store, "sweep", broken)
+    app = create_app(settings_mod.load(write_config(tmp_path / "s"), environ={}),
+                     environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+    assert app.test_client().get("/_health").status_code == 200

@@ -386,8 +386,13 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
     app = Flask("artstore")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    store = Store(settings)
-    store.sweep()
+    store = Store(settings)  # a broken projects.json stops start-up here
+    try:
+        store.sweep()
+    except Exception:  # noqa: BLE001
+        # Housekeeping must never keep a worker from starting: gunicorn stops the whole
+        # service when one fails to boot. What is left is swept at the next start.
+        log.exception("the start-up sweep failed; serving anyway")
     admin_token = auth.ensure_admin_token(settings.state_dir, environ)
     disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}
     app.extensions["artstore"] = Services(settings, store,

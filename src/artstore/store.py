@@ -702,8 +702,11 @@ def _is_project_dir(path: Path) -> bool:
     """True for a directory only artstore could have made: a project's, not a user's file."""
     if not NAME_RE.fullmatch(path.name):
         return False
-    return all(e.name in ("index.html", BOOKKEEPING) or e.name.startswith(storage.TMP_PREFIX)
-               for e in os.scandir(path))
+    try:
+        return all(e.name in ("index.html", BOOKKEEPING)
+                   or e.name.startswith(storage.TMP_PREFIX) for e in os.scandir(path))
+    except FileNotFoundError:  # deleted meanwhile by a running worker
+        return False
 
 
 def _mark_changed(marker: Path) -> None:
