@@ -175,12 +175,19 @@ class Store:
         except (FileNotFoundError, OSError):
             return None
 
-    def _staging(self, project: str, item: str) -> tuple[Path, int]:
+    @contextlib.contextmanager
+    def _staging(self, project: str, item: str) -> Iterator[Path]:
+        """A claimed staging directory beside the item's releases, removed unless used."""
         folder = self._item_dir(project, item)
         folder.mkdir(parents=True, exist_ok=True)
         stage, claim = storage.claimed_dir(folder, storage.TMP_PREFIX + "stage-")
-        os.chmod(stage, 0o755)
-        return stage, claim
+        try:
+            os.chmod(stage, 0o755)
+            yield stage
+        finally:
+            os.close(claim)
+            if stage.exists():  # not renamed into place: the publish failed
+                shutil.rmtree(stage, ignore_errors=True)
 
     # --------------------------------------------------------------- projects
 
@@ -340,42 +347,36 @@ class Store:
     def _publish_release(self, project: str, item: str, conf: dict[str, Any],
                          upload: Incoming, filename: str | None,
                          entry: dict[str, Any]) -> dict[str, Any]:
-        stage, claim = self._staging(project, item)
-        try:
-            with storage.disk_errors("extracting the upload"):
-                warnings: list[str] = []
-                unwrapped = None
-                if conf["type"] == "html":
-                    name = _html_name(filename)
-                    _check_html(upload)
-                    _place(upload, stage / name)
-                    files, page = 1, ("" if name == "index.html" else quote(name))
-                else:
-                    if not archive.sniff(conf["type"], str(upload.path)):
-                        expected = ("a gzip-compressed tar archive" if conf["type"] == "tgz"
-                                    else "a zip archive")
-                        raise UnsupportedType(f"item {item!r} takes {expected}; "
-                                              "the upload is not one")
-                    done = archive.extract(conf["type"], str(upload.path), str(stage),
-                                           self.limits)
-                    warnings, files, page = list(done.warnings), done.files, ""
-                    unwrapped = done.root or None
-                storage.sync_filesystem(stage)
-                entry = {**entry, "files": files}
-                with self._item_lock(project, item):
-                    self._still_configured(project, item, conf)
-                    state = self._read_state(project, item, conf["type"])
-                    release = _new_id({r["release"] for r in state["releases"]})
-                    os.rename(stage, self._item_dir(project, item) / release)
-                    state["releases"].append({"release": release, **entry})
-                    state["live"] = release
-                    self._write_state(project, item, state)  # the commit point
-                    self._point_live(project, item, release)
-                    self._prune_locked(project, item, conf, state)
-        finally:
-            os.close(claim)
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+        with self._staging(project, item) as stage, storage.disk_errors("extracting the upload"):
+            warnings: list[str] = []
+            unwrapped = None
+            if conf["type"] == "html":
+                name = _html_name(filename)
+                _check_html(upload)
+                _place(upload, stage / name)
+                files, page = 1, ("" if name == "index.html" else quote(name))
+            else:
+                if not archive.sniff(conf["type"], str(upload.path)):
+                    expected = ("a gzip-compressed tar archive" if conf["type"] == "tgz"
+                                else "a zip archive")
+                    raise UnsupportedType(f"item {item!r} takes {expected}; "
+                                          "the upload is not one")
+                done = archive.extract(conf["type"], str(upload.path), str(stage),
+                                       self.limits)
+                warnings, files, page = list(done.warnings), done.files, ""
+                unwrapped = done.root or None
+            storage.sync_filesystem(stage)
+            entry = {**entry, "files": files}
+            with self._item_lock(project, item):
+                self._still_configured(project, item, conf)
+                state = self._read_state(project, item, conf["type"])
+                release = _new_id({r["release"] for r in state["releases"]})
+                os.rename(stage, self._item_dir(project, item) / release)
+                state["releases"].append({"release": release, **entry})
+                state["live"] = release
+                self._write_state(project, item, state)  # the commit point
+                self._point_live(project, item, release)
+                self._prune_locked(project, item, conf, state)
         return {"release": release, "files": files, "warnings": warnings,
                 "unwrapped": unwrapped, "url": f"{quote(project)}/{quote(item)}/{page}"}
 
@@ -387,20 +388,14 @@ class Store:
                              "(the multipart file name, or ?filename= with PUT)")
         name = check_filename(filename)
         self._refuse_existing(project, item, conf, name)
-        stage, claim = self._staging(project, item)
-        try:
-            with storage.disk_errors("storing the upload"):
-                _place(upload, stage / name)
-                storage.sync_filesystem(stage)
-                with self._item_lock(project, item):
-                    self._still_configured(project, item, conf)
-                    state = self._refuse_existing(project, item, conf, name)
-                    files = state["files"] + [{"name": name, **entry}]
-                    state = self._commit_collection(project, item, conf, state, files, stage)
-        finally:
-            os.close(claim)
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+        with self._staging(project, item) as stage, storage.disk_errors("storing the upload"):
+            _place(upload, stage / name)
+            storage.sync_filesystem(stage)
+            with self._item_lock(project, item):
+                self._still_configured(project, item, conf)
+                state = self._refuse_existing(project, item, conf, name)
+                files = state["files"] + [{"name": name, **entry}]
+                state = self._commit_collection(project, item, conf, state, files, stage)
         return {"release": name, "files": len(state["files"]), "warnings": [],
                 "unwrapped": None, "url": f"{quote(project)}/{quote(item)}/{quote(name)}"}
 
@@ -518,13 +513,8 @@ class Store:
             files = [f for f in state["files"] if f["name"] != filename]
             if len(files) == len(state["files"]):
                 raise NotFound(f"{project}/{item} has no file named {filename!r}")
-            stage, claim = self._staging(project, item)
-            try:
+            with self._staging(project, item) as stage:
                 self._commit_collection(project, item, conf, state, files, stage)
-            finally:
-                os.close(claim)
-                if stage.exists():
-                    shutil.rmtree(stage, ignore_errors=True)
         self._write_project_page(project)
 
     def _prune(self, project: str, item: str, conf: dict[str, Any]) -> None:
@@ -538,13 +528,8 @@ class Store:
         if conf["type"] == "collection":
             depth = self._effective(conf)["depth"]
             if len(state["files"]) > depth:
-                stage, claim = self._staging(project, item)
-                try:
+                with self._staging(project, item) as stage:
                     self._commit_collection(project, item, conf, state, state["files"], stage)
-                finally:
-                    os.close(claim)
-                    if stage.exists():
-                        shutil.rmtree(stage, ignore_errors=True)
             return
         keep = self._effective(conf)["keep"]
         releases = state["releases"]
