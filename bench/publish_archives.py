@@ -15,8 +15,10 @@ to a long-lived item does (for scale, ``rm -rf`` of an extracted tree is timed t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -61,6 +63,26 @@ def publish(srv: common.Server, item: str, archive: Path, files: int) -> None:
         raise RuntimeError(f"published {answer['files']} files, expected {files}")
 
 
+def quiesce(releases: Path) -> None:
+    """The same start for every timed step: no deletion running, nothing dirty, cold caches.
+
+    artstore deletes a pruned release in the background (renamed to ``.tmp-*`` first), so
+    the step after a publish waits until that is gone. Then ``sync``, and (as root) the
+    kernel's caches are dropped: on ext4 without a journal, creating files shortly after
+    thousands were deleted nearby costs several times more while the deleted inodes'
+    table blocks are cached (``recently_deleted`` in the inode allocator), and whichever
+    step came second used to pay for the other's deletions (docs/benchmarks.md).
+    """
+    deadline = time.monotonic() + 120
+    while any(p.name.startswith(".tmp-") for p in releases.iterdir()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the pruned release in {releases} is still being deleted")
+        time.sleep(0.05)
+    common.settle()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--no-prune", action="store_true",
@@ -81,10 +103,11 @@ def main() -> None:
                 for _ in range(fill):  # fill the item: timed publishes then prune, as in use
                     publish(srv, item, archive, files)
                 ours, ref, removal = [], [], []
+                releases = srv.base_path / "bench" / ".artstore" / item
                 for i in range(args.runs):
                     dest = folder / f"ref-{kind}-{i}"
                     dest.mkdir()
-                    common.settle()
+                    quiesce(releases)
                     seconds, _ = common.timed(
                         lambda: common.run(reference_cmd(kind, archive, dest)))  # noqa: B023
                     ref.append(seconds)
@@ -92,7 +115,7 @@ def main() -> None:
                     seconds, _ = common.timed(
                         lambda: common.run(["rm", "-rf", str(dest)]))  # noqa: B023
                     removal.append(seconds)
-                    common.settle()
+                    quiesce(releases)
                     seconds, _ = common.timed(
                         lambda: publish(srv, item, archive, files))  # noqa: B023
                     ours.append(seconds)

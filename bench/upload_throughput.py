@@ -9,6 +9,12 @@ target on the same disk), with ``curl -F item=@file`` (multipart POST) and with 
 MB/s (10^6 bytes), so for artstore it includes publishing (fsync, index) until the 201.
 Targets: multipart >= 0.8x and raw PUT >= 0.9x the reference.
 
+artstore answers 201 only once the file is on disk (it syncs before it commits); nginx
+answers as soon as the body is in the page cache. So each run also times ``fsync`` of the
+file nginx wrote, right after its PUT: "nginx PUT + fsync" is the durable reference, the
+same work artstore does, and the script reports the ratios against it too. On a machine
+whose disk writes slower than nginx receives, no durable upload can meet the plain targets.
+
 While each artstore upload runs, VmRSS of every gunicorn worker is sampled every 50 ms
 (plus VmHWM): the serving worker's peak is compared with its idle RSS just before the upload.
 Target (issue 7, for a 2 GiB upload: ``--big``): within 30 MB.
@@ -106,6 +112,17 @@ def make_file(path: Path, size: int) -> None:
             written += n
 
 
+def fsync_seconds(path: Path) -> float:
+    """How long making ``path`` durable takes (what artstore does before its 201)."""
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
 def curl_upload(args: list[str]) -> float:
     """Run curl, check for 2xx, return its total time in seconds."""
     done = common.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
@@ -174,12 +191,15 @@ def main() -> None:
         with nginx(folder / "nginx") as dav, common.server(folder, workers=2, **config) as srv:
             srv.create_project("bench", {"files": {"type": "collection", "depth": 10}})
             warm_up(srv, folder)
-            times: dict[str, list[float]] = {"nginx": [], "multipart": [], "put": []}
+            times: dict[str, list[float]] = {"nginx": [], "nginx+fsync": [],
+                                             "multipart": [], "put": []}
             rss: dict[str, list[tuple[float, float]]] = {"multipart": [], "put": []}
             for i in range(args.runs):
                 common.settle()
+                written = folder / "nginx" / "dav" / "up" / "big.bin"
                 times["nginx"].append(curl_upload(["-T", str(data), f"{dav}/up/big.bin"]))
-                (folder / "nginx" / "dav" / "up" / "big.bin").unlink()
+                times["nginx+fsync"].append(times["nginx"][-1] + fsync_seconds(written))
+                written.unlink()
                 for mode in ("multipart", "put"):
                     common.settle()
                     seconds, idle, peak = artstore_upload(srv, mode, data, f"big-{mode}-{i}.bin")
@@ -190,14 +210,19 @@ def main() -> None:
                     + ", peak-idle RSS " + ", ".join(
                     f"{k} {v[-1][1] - v[-1][0]:+.1f} MB" for k, v in rss.items()), flush=True)
         for mode in ("multipart", "put"):
-            paired = common.median([n / m for n, m in zip(times["nginx"], times[mode])])
-            print(f"{mode}: median of the per-run ratios to nginx {paired:.2f}x")
-        ref = size / common.median(times["nginx"]) / common.MB
-        for mode, label, target in (("multipart", "multipart POST (curl -F)", MULTIPART_TARGET),
-                                    ("put", "raw PUT (curl -T)", PUT_TARGET)):
-            mbps = size / common.median(times[mode]) / common.MB
-            report.add(f"{label} MB/s vs nginx WebDAV PUT", mbps, ref, "MB/s", limit=target,
-                       higher_is_better=True)
+            for ref_name in ("nginx", "nginx+fsync"):
+                paired = common.median([n / m for n, m in zip(times[ref_name], times[mode])])
+                print(f"{mode}: median of the per-run ratios to {ref_name} {paired:.2f}x")
+        for ref_name, ref_label, note in (
+                ("nginx", "nginx WebDAV PUT", "issue 7's reference: not durable"),
+                ("nginx+fsync", "nginx PUT + fsync", "durable, like artstore")):
+            ref = size / common.median(times[ref_name]) / common.MB
+            for mode, label, target in (
+                    ("multipart", "multipart POST (curl -F)", MULTIPART_TARGET),
+                    ("put", "raw PUT (curl -T)", PUT_TARGET)):
+                mbps = size / common.median(times[mode]) / common.MB
+                report.add(f"{label} MB/s vs {ref_label}", mbps, ref, "MB/s", limit=target,
+                           higher_is_better=True, note=note)
         for mode, label in (("multipart", "multipart"), ("put", "raw PUT")):
             # The worst run counts: a peak is a peak.
             idle, peak = max(rss[mode], key=lambda ip: ip[1] - ip[0])
