@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,19 @@ def test_a_big_upload_with_a_wrong_checksum_publishes_nothing(server: Server,
                      headers={**AUTH, "X-Checksum-Sha256": wrong})
     assert r.status_code == 422, r.text
     assert not (tmp_path / "state/public/demo/builds/big.bin").exists()
+
+
+def test_a_body_trickling_in_small_pieces_is_stored_exactly(server: Server,
+                                                             tmp_path: Path) -> None:
+    # Small reads (a slow client, TLS records) are gathered into bigger pieces.
+    body = os.urandom(600 * 1024 + 7)
+    with connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(put_head("slow.bin", len(body), "Connection: close\r\n"))
+        for start in range(0, len(body), 7000):
+            sock.sendall(body[start:start + 7000])
+            if start % (70 * 7000) == 0:
+                time.sleep(0.02)
+        reply = read_all(sock)
+    assert "HTTP/1.1 201" in reply, reply[:300]
+    assert published(tmp_path, "slow.bin") == body

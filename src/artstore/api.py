@@ -50,6 +50,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_JSON_BYTES = 1024 * 1024
 CHUNK = 1024 * 1024
 DECODER_PIECE = 256 * 1024
+MIN_PIECE = 256 * 1024  # read from the socket before a piece is handed on
 MAX_FIELD_BYTES = 64 * 1024  # one metadata field; the store allows 1024 characters
 MAX_PARTS = 100
 API_PREFIX = "/artstore"
@@ -173,6 +174,8 @@ def body_chunks() -> Iterator[bytes | memoryview]:
     try:
         yield from pieces
     except OSError:  # a reset connection, a timeout
+        if direct is not None and hasattr(environ["wsgi.input"], "failed"):
+            environ["wsgi.input"].failed = True  # gunicorn 27: close, do not drain the rest
         raise BadRequest("the request body ended before it was complete; nothing was "
                          "published") from None
 
@@ -222,13 +225,20 @@ def gunicorn_body(environ: dict[str, Any]) -> Iterator[memoryview] | None:
             # Exactly ``held`` bytes, all from the buffer (gunicorn 23's Body.read would
             # read on in 1 KiB steps and keep the surplus).
             yield memoryview(reader.read(held))
-        view = memoryview(bytearray(CHUNK))
+        buffer = memoryview(bytearray(CHUNK))
         while reader.length > 0:
-            n = sock.recv_into(view, min(CHUNK, reader.length))
+            # A slow client or TLS (one 16 KiB record per recv) gives small reads: gather
+            # at least MIN_PIECE, so the pieces stay big enough to hash in parallel.
+            want = min(CHUNK, reader.length)
+            filled, n = 0, 1
+            while n and filled < min(MIN_PIECE, want):
+                n = sock.recv_into(buffer[filled:want])
+                filled += n
+                reader.length -= n
+            if filled:
+                yield buffer[:filled]
             if not n:
                 return  # the client went away; the caller compares sizes
-            reader.length -= n
-            yield view[:n]
 
     return pieces()
 
