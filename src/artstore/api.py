@@ -228,7 +228,7 @@ def gunicorn_body(environ: dict[str, Any]) -> Iterator[memoryview] | None:
         buffer = memoryview(bytearray(CHUNK))
         while reader.length > 0:
             # A slow client or TLS (one 16 KiB record per recv) gives small reads: gather
-            # at least MIN_PIECE, so the pieces stay big enough to hash in parallel.
+            # at least MIN_PIECE, so the work per piece (multipart decoding) stays small.
             want = min(CHUNK, reader.length)
             filled, n = 0, 1
             while n and filled < min(MIN_PIECE, want):

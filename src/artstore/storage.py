@@ -12,11 +12,13 @@ import ctypes.util
 import errno
 import fcntl
 import json
+import mmap
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +47,113 @@ def _libc_function(name: str, *argtypes: Any) -> Any:
 
 
 _syncfs = _libc_function("syncfs", ctypes.c_int)
-_sync_file_range = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64,
-                                  ctypes.c_int64, ctypes.c_uint)
-SYNC_FILE_RANGE_WRITE = 2
+BLOCK = 1024 * 1024  # what StreamWriter hands to the disk at once
+O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range of a file to disk, without waiting.
+def set_direct_io(fd: int, on: bool) -> bool:
+    """Switch ``O_DIRECT`` on or off for ``fd``; False where the filesystem refuses it."""
+    if not O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT if on else flags & ~O_DIRECT)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    return on
 
-    Only a hint (durability still comes from the sync before a commit): writing a big
-    upload back while it is still arriving leaves little for that sync to wait for.
+
+class StreamWriter:
+    """Write a stream of pieces of any size to a new file, in blocks, from other threads.
+
+    The pieces are gathered into page-aligned blocks of ``BLOCK`` bytes. A full block is
+    handed on: one thread passes it to ``digest`` (a hash) while another writes it
+    straight to the disk (``O_DIRECT``), and the caller goes on filling the next of
+    ``BLOCKS`` buffers. So a big upload is on the disk when its last byte arrives,
+    leaving the sync before a commit almost nothing to wait for, and it neither fills
+    the page cache nor pays for copying into it (in a VM, page-cache memory touched for
+    the first time costs ~3 s per GiB; docs/benchmarks.md). Where the filesystem refuses
+    direct I/O, the same blocks go through the page cache, as does the last, partial
+    block. An error of the other threads is raised by a later ``write`` or ``finish``.
     """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+    BLOCKS = 4
+
+    def __init__(self, fd: int, digest: Callable[[memoryview], object]) -> None:
+        self.fd = fd
+        self._digest = digest
+        self._direct = set_direct_io(fd, True)
+        self._blocks: list[mmap.mmap] = []
+        self._jobs: list[list[Future[Any]]] = []
+        self._current = 0
+        self._filled = 0
+        self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Take ``data``; it is copied, so the caller may reuse its buffer at once."""
+        view = memoryview(data).cast("B")
+        while view:
+            if self._current == len(self._blocks):
+                self._blocks.append(mmap.mmap(-1, BLOCK))  # page-aligned, as O_DIRECT needs
+                self._jobs.append([])
+            n = min(len(view), BLOCK - self._filled)
+            self._blocks[self._current][self._filled:self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == BLOCK:
+                self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Start hashing and storing the full current block; move on to the next one."""
+        if self._threads is None:
+            self._threads = (ThreadPoolExecutor(1, thread_name_prefix="artstore-sha256"),
+                             ThreadPoolExecutor(1, thread_name_prefix="artstore-writer"))
+        hasher, writer = self._threads
+        block = memoryview(self._blocks[self._current])
+        self._jobs[self._current] = [hasher.submit(self._digest, block),
+                                     writer.submit(self._store, block)]
+        self._current = (self._current + 1) % self.BLOCKS
+        self._filled = 0
+        if self._current < len(self._jobs):
+            self._wait(self._current)  # the next buffer must be free again
+
+    def _wait(self, index: int) -> None:
+        jobs, self._jobs[index] = self._jobs[index], []
+        for job in jobs:
+            job.result()
+
+    def _store(self, block: memoryview) -> None:
+        while block:
+            try:
+                block = block[os.write(self.fd, block):]
+            except OSError as exc:
+                if not (self._direct and exc.errno == errno.EINVAL):
+                    raise
+                self._direct = set_direct_io(self.fd, False)  # refused after all
+
+    def finish(self) -> None:
+        """Store what is left and wait until all of it is written; the file may then be
+        read through ``fd`` (direct I/O is switched off again)."""
+        for index in range(len(self._jobs)):
+            self._wait(index)
+        if self._direct:
+            self._direct = set_direct_io(self.fd, False)
+        if self._filled:
+            last = memoryview(self._blocks[self._current])[:self._filled]
+            self._digest(last)
+            self._store(last)
+        self._filled = 0
+        self.close()
+
+    def close(self) -> None:
+        """Stop the other threads once what they started is done; idempotent."""
+        if self._threads is not None:
+            for pool in self._threads:
+                pool.shutdown()
+            self._threads = None
+        self._blocks, self._jobs, self._current = [], [], 0
 
 
 def sync_filesystem(path: Path) -> None:

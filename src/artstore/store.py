@@ -24,7 +24,6 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,8 +43,6 @@ from .settings import Settings
 
 BOOKKEEPING = ".artstore"
 CHUNK = 1024 * 1024
-WRITE_BEHIND_BYTES = 8 * 1024 * 1024  # started on disk while more arrives
-PARALLEL_HASH_BYTES = 256 * 1024  # smaller pieces are hashed inline
 META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 50
 MAX_META_VALUE = 1024
@@ -72,13 +69,12 @@ def upload_too_large(limit: int) -> TooLarge:
 
 
 class Incoming:
-    """An upload being received into ``temp_path``: hashed and counted as it is written.
+    """An upload being received into ``temp_path``: counted, hashed and written as it comes.
 
     It is the only copy of the body the service makes; publishing moves it into place
-    when ``temp_path`` shares a filesystem with ``base_path``. While open it holds an
-    ``flock``, so a sweep in another worker never removes it. Large pieces are hashed
-    in a second thread while they are written (both release the GIL), so the sha256
-    costs no time of its own.
+    when ``temp_path`` shares a filesystem with ``base_path``. The hashing and writing
+    run in a second thread (``storage.StreamWriter``), beside the receiving. While open
+    it holds an ``flock``, so a sweep in another worker never removes it.
     """
 
     def __init__(self, temp_dir: Path, limit: int) -> None:
@@ -88,35 +84,22 @@ class Incoming:
         self.limit = limit
         self.size = 0
         self._hash = hashlib.sha256()
-        self._hasher: ThreadPoolExecutor | None = None
-        self._written_back = 0
+        self._writer = storage.StreamWriter(fd, self._hash.update)
 
     def write(self, data: bytes | memoryview) -> int:
-        """Write ``data`` (used only until this returns: it may be a reused buffer)."""
+        """Take ``data`` (used only until this returns: it may be a reused buffer)."""
         size = len(data)
         self.size += size
         if self.size > self.limit:
             raise upload_too_large(self.limit)
-        hashing = None
-        if size >= PARALLEL_HASH_BYTES:
-            if self._hasher is None:
-                self._hasher = ThreadPoolExecutor(1, thread_name_prefix="artstore-sha256")
-            hashing = self._hasher.submit(self._hash.update, data)
-        else:
-            self._hash.update(data)
-        try:
-            with storage.disk_errors("receiving the upload"):
-                view = memoryview(data)
-                while view:
-                    view = view[self.file.write(view):]
-        finally:
-            if hashing is not None:
-                hashing.result()
-        if self.size - self._written_back >= WRITE_BEHIND_BYTES:
-            storage.start_writeback(self.file.fileno(), self._written_back,
-                                    self.size - self._written_back)
-            self._written_back = self.size
+        with storage.disk_errors("receiving the upload"):
+            self._writer.write(data)
         return size
+
+    def finish(self) -> None:
+        """Wait until every byte received is written; then ``sha256`` and ``read`` work."""
+        with storage.disk_errors("receiving the upload"):
+            self._writer.finish()
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self.file.seek(offset, whence)
@@ -130,8 +113,7 @@ class Incoming:
 
     def discard(self) -> None:
         """Close and delete the temp file (if publishing did not move it away)."""
-        if self._hasher is not None:
-            self._hasher.shutdown()
+        self._writer.close()
         self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -352,12 +334,12 @@ class Store:
         """Publish a received upload to an item; the caller discards ``upload`` afterwards."""
         conf = self._item_conf(project, item)
         metadata = check_metadata(metadata)
+        upload.finish()
         if sha256 is not None and sha256.strip().lower() != upload.sha256:
             raise Unprocessable(
                 f"sha256 mismatch: the client said {sha256.strip()!r}, the upload has "
                 f"{upload.sha256!r}; nothing was published"
             )
-        upload.file.flush()
         entry = {"sha256": upload.sha256, "size": upload.size, "created": now(),
                  "metadata": metadata}
         if conf["type"] == "collection":
