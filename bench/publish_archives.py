@@ -31,6 +31,7 @@ import common
 import docsgen
 
 TARGET = 1.5
+WARM_BYTES = 256 * common.MiB  # more than an extracted release (common.warm_memory)
 
 
 def make_archives(folder: Path) -> dict[str, Path]:
@@ -76,7 +77,8 @@ def quiesce(releases: Path) -> None:
     kernel's caches are dropped: on ext4 without a journal, creating files shortly after
     thousands were deleted nearby costs several times more while the deleted inodes'
     table blocks are cached (``recently_deleted`` in the inode allocator), and whichever
-    step came second used to pay for the other's deletions (docs/benchmarks.md).
+    step came second used to pay for the other's deletions (docs/benchmarks.md). Last,
+    memory for the page cache is touched once, as for every step (``common.warm_memory``).
     """
     deadline = time.monotonic() + 120
     while any(p.name.startswith(".tmp-") for p in releases.iterdir()):
@@ -86,6 +88,7 @@ def quiesce(releases: Path) -> None:
     common.settle()
     with contextlib.suppress(OSError):
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    common.warm_memory(WARM_BYTES)
 
 
 def main() -> None:

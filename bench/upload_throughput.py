@@ -9,6 +9,10 @@ target on the same disk), with ``curl -F item=@file`` (multipart POST) and with 
 MB/s (10^6 bytes), so for artstore it includes publishing (fsync, index) until the 201.
 Targets: multipart >= 0.8x and raw PUT >= 0.9x the reference.
 
+Every timed upload starts with as much memory as the file touched and freed
+(``common.warm_memory``): on these VMs, page-cache memory touched for the first time costs
+~3 s per GiB, and nginx, which writes through the page cache, would pay it.
+
 artstore answers 201 only once the file is on disk (it syncs before it commits); nginx
 answers as soon as the body is in the page cache. So each run also times ``fsync`` of the
 file nginx wrote, right after its PUT: "nginx PUT + fsync" is the durable reference, the
@@ -196,12 +200,14 @@ def main() -> None:
             rss: dict[str, list[tuple[float, float]]] = {"multipart": [], "put": []}
             for i in range(args.runs):
                 common.settle()
+                common.warm_memory(size + 64 * common.MiB)
                 written = folder / "nginx" / "dav" / "up" / "big.bin"
                 times["nginx"].append(curl_upload(["-T", str(data), f"{dav}/up/big.bin"]))
                 times["nginx+fsync"].append(times["nginx"][-1] + fsync_seconds(written))
                 written.unlink()
                 for mode in ("multipart", "put"):
                     common.settle()
+                    common.warm_memory(size + 64 * common.MiB)
                     seconds, idle, peak = artstore_upload(srv, mode, data, f"big-{mode}-{i}.bin")
                     times[mode].append(seconds)
                     rss[mode].append((idle, peak))
