@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,21 @@ def test_a_failing_start_up_sweep_does_not_stop_the_worker(tmp_path: Path,
 
 def stream(path: Path, data: bytes, piece_sizes: list[int]) -> str:
     """Write ``data`` through a StreamWriter in pieces of the given sizes, from one buffer
-    that is overwritten after every piece (as the socket reader does); returns the hash."""
+    that is overwritten after every piece (as the socket reader does); returns the hash.
+
+    The digest checks that no block changes while it is being hashed (a buffer handed on
+    too early would), taking its time so that a missing wait would show.
+    """
     digest = hashlib.sha256()
+
+    def slow_digest(block: memoryview) -> None:
+        before = bytes(block)
+        time.sleep(0.002)
+        assert bytes(block) == before, "a block was overwritten while it was hashed"
+        digest.update(before)
+
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    writer = storage.StreamWriter(fd, digest.update)
+    writer = storage.StreamWriter(fd, slow_digest)
     try:
         buffer = bytearray(max(piece_sizes))
         at = 0
@@ -106,6 +118,21 @@ def stream(path: Path, data: bytes, piece_sizes: list[int]) -> str:
         writer.close()
         os.close(fd)
     return digest.hexdigest()
+
+
+def direct_io_works(folder: Path) -> bool:
+    """Whether O_DIRECT writes bypass the page cache in ``folder`` (not on tmpfs, which
+    takes the flag and keeps the data in memory all the same)."""
+    probe = folder / "probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        direct = storage.set_direct_io(fd, True)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(folder)], capture_output=True,
+                          text=True).stdout.strip()
+    return direct and kind != "tmpfs"
 
 
 BLOCK = storage.BLOCK
@@ -125,16 +152,13 @@ def test_a_big_stream_goes_straight_to_the_disk_not_through_the_page_cache(
         tmp_path: Path) -> None:
     """What makes big uploads fast here: no copy into (first-touched) page-cache memory,
     and nothing left for the sync before the commit to write."""
-    fd = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT, 0o600)
-    direct = storage.set_direct_io(fd, True)
-    os.close(fd)
-    if not direct or not shutil.which("fincore"):
-        pytest.skip("needs a filesystem with O_DIRECT and util-linux's fincore")
+    if not direct_io_works(tmp_path) or not shutil.which("fincore"):
+        pytest.skip("needs a disk filesystem with O_DIRECT and util-linux's fincore")
     data = os.urandom(8 * BLOCK + 100)
     stream(tmp_path / "f", data, [BLOCK])
     resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
                                str(tmp_path / "f")], capture_output=True, text=True, check=True)
-    assert int(resident.stdout) <= 4096  # the last, partial block only
+    assert int(resident.stdout) <= os.sysconf("SC_PAGE_SIZE")  # the last, partial block
     assert (tmp_path / "f").read_bytes() == data
 
 
@@ -142,15 +166,20 @@ def test_where_direct_io_is_refused_the_stream_goes_through_the_page_cache(
         tmp_path: Path, monkeypatch: Any) -> None:
     """A filesystem that takes O_DIRECT but refuses the writes (a double: every local
     filesystem here accepts them)."""
-    real_write = os.write
+    if not direct_io_works(tmp_path):
+        pytest.skip("needs a filesystem that takes O_DIRECT")
+    real_pwrite = os.pwrite
+    refused = []
 
-    def refuse_direct(fd: int, data: Any) -> int:
+    def refuse_direct(fd: int, data: Any, offset: int) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & storage.O_DIRECT:
+            refused.append(offset)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(os, "write", refuse_direct)
+    monkeypatch.setattr(os, "pwrite", refuse_direct)
     data = os.urandom(3 * BLOCK + 7)
     digest = stream(tmp_path / "f", data, [65536])
+    assert refused == [0]  # refused once, then through the page cache
     assert (tmp_path / "f").read_bytes() == data
     assert digest == hashlib.sha256(data).hexdigest()

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ class StreamWriter:
         self._jobs: list[list[Future[Any]]] = []
         self._current = 0
         self._filled = 0
+        self._offset = 0  # where the next block handed on goes in the file
         self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
 
     def write(self, data: bytes | memoryview) -> None:
@@ -96,7 +98,8 @@ class StreamWriter:
         view = memoryview(data).cast("B")
         while view:
             if self._current == len(self._blocks):
-                self._blocks.append(mmap.mmap(-1, BLOCK))  # page-aligned, as O_DIRECT needs
+                # Page-aligned, as O_DIRECT needs; private, so not counted as shared memory.
+                self._blocks.append(mmap.mmap(-1, BLOCK, flags=mmap.MAP_PRIVATE))
                 self._jobs.append([])
             n = min(len(view), BLOCK - self._filled)
             self._blocks[self._current][self._filled:self._filled + n] = view[:n]
@@ -113,7 +116,8 @@ class StreamWriter:
         hasher, writer = self._threads
         block = memoryview(self._blocks[self._current])
         self._jobs[self._current] = [hasher.submit(self._digest, block),
-                                     writer.submit(self._store, block)]
+                                     writer.submit(self._store, block, self._offset)]
+        self._offset += BLOCK
         self._current = (self._current + 1) % self.BLOCKS
         self._filled = 0
         if self._current < len(self._jobs):
@@ -121,13 +125,16 @@ class StreamWriter:
 
     def _wait(self, index: int) -> None:
         jobs, self._jobs[index] = self._jobs[index], []
+        futures.wait(jobs)  # both done with the buffer before an error is raised
         for job in jobs:
             job.result()
 
-    def _store(self, block: memoryview) -> None:
+    def _store(self, block: memoryview, offset: int) -> None:
+        # At its own offset: a block that failed never shifts the ones after it.
         while block:
             try:
-                block = block[os.write(self.fd, block):]
+                written = os.pwrite(self.fd, block, offset)
+                block, offset = block[written:], offset + written
             except OSError as exc:
                 if not (self._direct and exc.errno == errno.EINVAL):
                     raise
@@ -143,15 +150,16 @@ class StreamWriter:
         if self._filled:
             last = memoryview(self._blocks[self._current])[:self._filled]
             self._digest(last)
-            self._store(last)
+            self._store(last, self._offset)
+            self._offset += len(last)
         self._filled = 0
         self.close()
 
     def close(self) -> None:
-        """Stop the other threads once what they started is done; idempotent."""
+        """Stop the other threads once the block each is on is done; idempotent."""
         if self._threads is not None:
             for pool in self._threads:
-                pool.shutdown()
+                pool.shutdown(cancel_futures=True)
             self._threads = None
         self._blocks, self._jobs, self._current = [], [], 0
 
