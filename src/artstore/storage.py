@@ -297,14 +297,18 @@ def _remove_if_abandoned(entry: os.DirEntry[str]) -> None:
         os.close(fd)
 
 
-def swap_symlink(link: Path, target: str, tmp_tag: str) -> None:
-    """Point ``link`` at ``target`` in one atomic step (rename of a new symlink over it).
+@contextlib.contextmanager
+def swapping_symlink(link: Path, target: str, tmp_tag: str) -> Iterator[None]:
+    """Point ``link`` at ``target`` in one atomic step, once the body has run.
 
-    The temp link is named ``.tmp-<tmp_tag>...`` so the sweep for that link finds it.
+    The new symlink is made first, beside ``link`` (named ``.tmp-<tmp_tag>...`` so the
+    sweep for that link finds it), so that after the body - a commit - only a rename over
+    ``link`` is left, which needs no space. If the body fails, ``link`` stays as it was.
     """
     tmp = link.with_name(f"{TMP_PREFIX}{tmp_tag}{os.getpid()}.{os.urandom(4).hex()}")
     os.symlink(target, tmp)
     try:
+        yield
         os.replace(tmp, link)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +33,7 @@ from . import archive, pages, storage
 from .errors import (
     BadRequest,
     Conflict,
+    InsufficientStorage,
     NotFound,
     TooLarge,
     Unprocessable,
@@ -41,6 +43,7 @@ from .names import NAME_RE, check_filename, check_name, filename_problem
 from .registry import RELEASE_TYPES, Registry, normalise_project
 from .settings import Settings
 
+log = logging.getLogger("artstore")
 BOOKKEEPING = ".artstore"
 CHUNK = 1024 * 1024
 META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -174,7 +177,47 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
             return
-        storage.swap_symlink(link, f"{BOOKKEEPING}/{item}/{release}", tmp_tag=f"{item}+")
+        with self._swapping_live(project, item, release):
+            pass
+
+    def _swapping_live(self, project: str, item: str,
+                       release: str) -> contextlib.AbstractContextManager[None]:
+        return storage.swapping_symlink(self.base / project / item,
+                                        f"{BOOKKEEPING}/{item}/{release}", tmp_tag=f"{item}+")
+
+    def _commit(self, project: str, item: str, state: dict[str, Any], *,
+                stage: Path | None = None, doomed: Iterable[str] = ()) -> None:
+        """Make ``state`` the item's, and its ``live`` release live: the step that publishes.
+
+        What can fail for want of space - moving ``stage`` in as the new release, making
+        the new symlink - happens before the state file is replaced (the commit point) and
+        is undone if that fails. After it only the rename over the live symlink and the
+        deletion of the ``doomed`` releases are left, and neither can turn the change into
+        an error: nothing may answer 507 for a change that took effect. Called with the
+        item lock held.
+        """
+        folder = self._item_dir(project, item)
+        release = state["live"]
+        with self._swapping_live(project, item, release):
+            if stage is not None:
+                os.rename(stage, folder / release)
+            try:
+                self._write_state(project, item, state)  # the commit point
+            except BaseException:
+                if stage is not None:  # back where the staging clean-up removes it
+                    with contextlib.suppress(OSError):
+                        os.rename(folder / release, stage)
+                raise
+        for gone in doomed:
+            self._discard_release(project, item, gone)
+
+    def _discard_release(self, project: str, item: str, release: str) -> None:
+        """Delete a release nothing refers to any more; a failure is left to the sweep."""
+        try:
+            storage.remove_tree(self._item_dir(project, item) / release, wait=False)
+        except OSError as exc:
+            log.warning("could not delete %s/%s release %s (the next start's sweep will): %s",
+                        project, item, release, exc)
 
     def _live_target(self, project: str, item: str) -> str | None:
         try:
@@ -346,7 +389,7 @@ class Store:
             result = self._publish_collection_file(project, item, conf, upload, filename, entry)
         else:
             result = self._publish_release(project, item, conf, upload, filename, entry)
-        self._write_project_page(project)
+        result["warnings"] = [*result["warnings"], *self._refresh_project_page(project)]
         return {"project": project, "item": item, "sha256": entry["sha256"],
                 "size": entry["size"], "metadata": metadata,
                 **result, "url": site_url + result["url"]}
@@ -378,12 +421,10 @@ class Store:
                 self._still_configured(project, item, conf)
                 state = self._read_state(project, item, conf["type"])
                 release = _new_id({r["release"] for r in state["releases"]})
-                os.rename(stage, self._item_dir(project, item) / release)
                 state["releases"].append({"release": release, **entry})
                 state["live"] = release
-                self._write_state(project, item, state)  # the commit point
-                self._point_live(project, item, release)
-                self._prune_locked(project, item, conf, state)
+                doomed = self._beyond_keep(conf, state)
+                self._commit(project, item, state, stage=stage, doomed=doomed)
         return {"release": release, "files": files, "warnings": warnings,
                 "unwrapped": unwrapped, "url": f"{quote(project)}/{quote(item)}/{page}"}
 
@@ -445,13 +486,9 @@ class Store:
                     (json.dumps(index, indent=1) + "\n").encode())
         storage.sync_filesystem(stage)
         generation = _new_id({state["live"]} if state["live"] else set())
-        os.rename(stage, self._item_dir(project, item) / generation)
         old = state["live"]
         state = {"type": "collection", "live": generation, "files": files}
-        self._write_state(project, item, state)  # the commit point
-        self._point_live(project, item, generation)
-        if old:
-            storage.remove_tree(self._item_dir(project, item) / old, wait=False)
+        self._commit(project, item, state, stage=stage, doomed=[old] if old else [])
         return state
 
     def _still_configured(self, project: str, item: str, conf: dict[str, Any]) -> None:
@@ -505,9 +542,8 @@ class Store:
             elif release == state["live"]:
                 raise Conflict(f"release {release!r} is already live")
             state["live"] = release
-            self._write_state(project, item, state)
-            self._point_live(project, item, release)
-        self._write_project_page(project)
+            self._commit(project, item, state)
+        self._refresh_project_page(project)
         return self.item_info(project, item, site_url)
 
     def delete_file(self, project: str, item: str, filename: str) -> None:
@@ -522,7 +558,7 @@ class Store:
                 raise NotFound(f"{project}/{item} has no file named {filename!r}")
             with self._staging(project, item) as stage:
                 self._commit_collection(project, item, conf, state, files, stage)
-        self._write_project_page(project)
+        self._refresh_project_page(project)
 
     def _prune(self, project: str, item: str, conf: dict[str, Any]) -> None:
         with self._item_lock(project, item):
@@ -538,6 +574,15 @@ class Store:
                 with self._staging(project, item) as stage:
                     self._commit_collection(project, item, conf, state, state["files"], stage)
             return
+        doomed = self._beyond_keep(conf, state)
+        if doomed:
+            self._write_state(project, item, state)
+            for release in doomed:
+                self._discard_release(project, item, release)
+
+    def _beyond_keep(self, conf: dict[str, Any], state: dict[str, Any]) -> list[str]:
+        """Drop from ``state`` the releases ``keep`` no longer keeps (never the live one);
+        their ids."""
         keep = self._effective(conf)["keep"]
         releases = state["releases"]
         kept = {state["live"]} if state["live"] else set()
@@ -545,12 +590,8 @@ class Store:
             if len(kept) >= keep:
                 break
             kept.add(r["release"])
-        doomed = [r["release"] for r in releases if r["release"] not in kept]
-        if doomed:
-            state["releases"] = [r for r in releases if r["release"] in kept]
-            self._write_state(project, item, state)
-            for release in doomed:
-                storage.remove_tree(self._item_dir(project, item) / release, wait=False)
+        state["releases"] = [r for r in releases if r["release"] in kept]
+        return [r["release"] for r in releases if r["release"] not in kept]
 
     def _drop_item(self, project: str, item: str) -> None:
         with self._item_lock(project, item):
@@ -560,6 +601,17 @@ class Store:
                 os.unlink(self._state_path(project, item))
 
     # ---------------------------------------------------------------- pages
+
+    def _refresh_project_page(self, project: str) -> list[str]:
+        """Rewrite the project's page after a change that has taken effect. A full disk
+        only leaves the page behind until the next change or start, so it is a warning."""
+        try:
+            self._write_project_page(project)
+        except (InsufficientStorage, OSError) as exc:
+            detail = exc.detail if isinstance(exc, InsufficientStorage) else str(exc)
+            log.warning("the index page of project %s was not updated: %s", project, detail)
+            return [f"the project's index page was not updated: {detail}"]
+        return []
 
     def _write_project_page(self, project: str) -> None:
         folder = self.items_state / project
