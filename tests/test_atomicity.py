@@ -28,12 +28,17 @@ MARKER_BYTES = 64 * 1024
 
 
 def release_tgz(n: int, files: int = 3, size: int = MARKER_BYTES) -> bytes:
-    """A site whose every file is ``size`` bytes of one marker, so a mix is visible."""
+    """A site whose every file is ``size`` bytes of one marker line, so a mix is visible.
+
+    Each file's line carries 1 KiB of random text, so that the archive compresses like a
+    real site and not beyond the compression ratio limit (which would refuse it).
+    """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         names = ["index.html"] + [f"page{i}.html" for i in range(1, files)]
         for name in names:
-            data = (b"<!-- release %06d -->\n" % n) * (size // 24)
+            line = b"<!-- release %06d %s -->\n" % (n, os.urandom(512).hex().encode())
+            data = line * max(1, size // len(line))
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
