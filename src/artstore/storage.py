@@ -151,8 +151,6 @@ class StreamWriter:
             last = memoryview(self._blocks[self._current])[:self._filled]
             self._digest(last)
             self._store(last, self._offset)
-            self._offset += len(last)
-        self._filled = 0
         self.close()
 
     def close(self) -> None:
@@ -161,7 +159,7 @@ class StreamWriter:
             for pool in self._threads:
                 pool.shutdown(cancel_futures=True)
             self._threads = None
-        self._blocks, self._jobs, self._current = [], [], 0
+        self._blocks, self._jobs, self._current, self._filled = [], [], 0, 0
 
 
 def sync_filesystem(path: Path) -> None:

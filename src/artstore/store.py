@@ -606,11 +606,11 @@ class Store:
         """Rewrite the project's page after a change that has taken effect. A full disk
         only leaves the page behind until the next change or start, so it is a warning."""
         try:
-            self._write_project_page(project)
-        except (InsufficientStorage, OSError) as exc:
-            detail = exc.detail if isinstance(exc, InsufficientStorage) else str(exc)
-            log.warning("the index page of project %s was not updated: %s", project, detail)
-            return [f"the project's index page was not updated: {detail}"]
+            with storage.disk_errors("writing the project's index page"):
+                self._write_project_page(project)
+        except InsufficientStorage as exc:
+            log.warning("project %s: %s", project, exc.detail)
+            return [f"the project's index page was not updated: {exc.detail}"]
         return []
 
     def _write_project_page(self, project: str) -> None:
