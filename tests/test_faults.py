@@ -133,7 +133,7 @@ def check_store(state: Path, ledger: Ledger | None = None, restarted: bool = Tru
     if restarted:
         assert list((state / "tmp").iterdir()) == [], "uploads left in temp_path"
         for folder in [state, state / "items", *(state / "items").glob("*"), base,
-                       *base.glob("*"), *base.glob("*/.artstore/*")]:
+                       *base.glob("*"), *base.glob("*/.artstore"), *base.glob("*/.artstore/*")]:
             assert tmp_entries(folder) == [], f"leftovers in {folder}: {tmp_entries(folder)}"
     for project, conf in projects.items():
         assert f'href="{project}/"' in (base / "index.html").read_text()
@@ -436,13 +436,7 @@ def test_a_sweep_at_any_instant_never_breaks_a_publish_in_flight(
 
     monkeypatch.setattr(storage.tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr(storage.tempfile, "mkdtemp", mkdtemp)
-    upload = store.receive()
-    try:
-        upload.write(release_tgz(7) if item == "docs" else body(7, 100))
-        store.publish("demo", item, upload, filename="f.bin", metadata={}, sha256=None,
-                      site_url="/")
-    finally:
-        upload.discard()
+    publish_direct(store, "demo", item, release_tgz(7) if item == "docs" else body(7, 100))
     monkeypatch.undo()
     assert swept, "nothing was swept"
     other_worker.sweep()
@@ -483,6 +477,87 @@ def test_a_project_delete_cut_short_is_finished_by_the_next_start(tmp_path: Path
     store.registry.change(lambda projects: projects.pop("gone"))
     Store(settings).sweep()
     assert orphans(tmp_path / "state") == []
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after this line of the code runs."""
+
+
+def _killed(*args: Any, **kwargs: Any) -> None:
+    raise Killed
+
+
+@pytest.mark.parametrize("at", [1, 2], ids=["in-base_path", "in-the-state-dir"])
+def test_a_project_delete_killed_while_removing_a_folder_is_finished_by_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """A delete renames each of the project's folders away, then removes it; killed in
+    between, the renamed folder must not stay forever."""
+    from artstore import storage
+
+    settings, Store = _store(tmp_path)
+    store = Store(settings)
+    store.create_project("gone", {"items": ITEMS})
+    publish_direct(store, "gone", "docs", release_tgz(1))
+    real_rmtree, calls = storage.shutil.rmtree, []
+
+    def rmtree(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[0])
+        if len(calls) == at:
+            raise Killed
+        real_rmtree(*args, **kwargs)
+
+    monkeypatch.setattr(storage.shutil, "rmtree", rmtree)
+    with pytest.raises(Killed):
+        store.delete_project("gone")
+    monkeypatch.undo()
+    assert any(".gone." in str(path) for path in calls), "the kill did not hit a removal"
+    Store(settings).sweep()
+    check_store(tmp_path / "state")
+    assert orphans(tmp_path / "state") == []
+    assert not (tmp_path / "state/items/gone").exists()
+
+
+@pytest.mark.parametrize("kill", ["before-the-removal", "during-the-removal"])
+def test_an_item_removal_cut_short_is_finished_by_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: str) -> None:
+    """An item taken out of a project (``?prune=true``) after its commit point (projects.json):
+    the next start removes its releases, live link and state, so the same name added again
+    starts empty instead of bringing the old releases back."""
+    from artstore import storage
+
+    settings, Store = _store(tmp_path)
+    store = Store(settings)
+    store.create_project("demo", {"items": ITEMS})
+    for n in (1, 2):
+        publish_direct(store, "demo", "docs", release_tgz(n))
+    if kill == "before-the-removal":
+        monkeypatch.setattr(Store, "_drop_item", _killed)
+    else:
+        monkeypatch.setattr(storage.shutil, "rmtree", _killed)
+    without_docs = {k: v for k, v in ITEMS.items() if k != "docs"}
+    with pytest.raises(Killed):
+        store.update_project("demo", {"items": without_docs}, prune=True)
+    monkeypatch.undo()
+    Store(settings).sweep()
+    state, public = tmp_path / "state", tmp_path / "state/public/demo"
+    check_store(state)
+    assert not os.path.lexists(public / "docs")
+    assert list((public / ".artstore").iterdir()) == []  # nothing else was published
+    assert not (state / "items/demo/docs.json").exists()
+    store.update_project("demo", {"items": ITEMS}, prune=False)
+    info = store.item_info("demo", "docs", "/")
+    assert (info["live"], info["releases"]) == (None, [])
+
+
+def publish_direct(store: Any, project: str, item: str, data: bytes) -> None:
+    """Publish through the domain, without HTTP (a collection file is named f.bin)."""
+    upload = store.receive()
+    try:
+        upload.write(data)
+        store.publish(project, item, upload, filename="f.bin", metadata={}, sha256=None,
+                      site_url="/")
+    finally:
+        upload.discard()
 
 
 # -- a filesystem that fills up ------------------------------------------------------------------

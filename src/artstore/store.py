@@ -595,10 +595,14 @@ class Store:
 
     def _drop_item(self, project: str, item: str) -> None:
         with self._item_lock(project, item):
-            self._point_live(project, item, None)
-            storage.remove_tree(self._item_dir(project, item))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._state_path(project, item))
+            self._remove_item_data(project, item)
+
+    def _remove_item_data(self, project: str, item: str) -> None:
+        """Delete an item's live link, releases and state. Called with the item lock held."""
+        self._point_live(project, item, None)
+        storage.remove_tree(self._item_dir(project, item))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._state_path(project, item))
 
     # ---------------------------------------------------------------- pages
 
@@ -645,6 +649,7 @@ class Store:
         storage.sweep_temp_entries(self.settings.temp_path)
         storage.sweep_temp_entries(self.base)
         storage.sweep_temp_entries(self.settings.state_dir)
+        storage.sweep_temp_entries(self.items_state)
         projects = self.registry.load()
         for entry in os.scandir(self.base):
             if (entry.is_dir(follow_symlinks=False) and entry.name not in projects
@@ -655,12 +660,36 @@ class Store:
                 if entry.name not in projects and not entry.name.startswith("."):
                     storage.remove_tree(Path(entry.path))
         for name, conf in projects.items():
-            storage.sweep_temp_entries(self.base / name)
-            storage.sweep_temp_entries(self.items_state / name)
+            for folder in (self.base / name, self.base / name / BOOKKEEPING,
+                           self.items_state / name):
+                storage.sweep_temp_entries(folder)
+            for item in sorted(self._items_on_disk(name) - set(conf["items"])):
+                self._sweep_removed_item(name, item)
             for item, item_conf in conf["items"].items():
                 self._sweep_item(name, item, item_conf)
             self._write_project_page(name)
         self._write_root_page()
+
+    def _items_on_disk(self, project: str) -> set[str]:
+        """The items that have a live link, releases or a state file."""
+        found: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            found.update(e.name for e in os.scandir(self.base / project) if e.is_symlink())
+        with contextlib.suppress(FileNotFoundError):
+            found.update(os.listdir(self.base / project / BOOKKEEPING))
+        with contextlib.suppress(FileNotFoundError):
+            found.update(n[:-len(".json")] for n in os.listdir(self.items_state / project)
+                         if n.endswith(".json"))
+        return {n for n in found if not n.startswith(storage.TMP_PREFIX)}
+
+    def _sweep_removed_item(self, project: str, item: str) -> None:
+        """Finish taking an item out of a project: the change was cut short after its
+        commit point (projects.json), so the same name added again would bring back the
+        old releases."""
+        with self._item_lock(project, item):
+            conf = self.registry.get(project)  # again: it may have been added back since
+            if conf is not None and item not in conf["items"]:
+                self._remove_item_data(project, item)
 
     def _sweep_item(self, project: str, item: str, conf: dict[str, Any]) -> None:
         with self._item_lock(project, item):
