@@ -253,3 +253,27 @@ def test_project_listing_follows_changes_made_by_another_worker(
     assert client.get("/").get_json()["projects"][0]["last_publish"] is not None
     other.create_project("second", {"items": {}})
     assert [p["name"] for p in client.get("/").get_json()["projects"]] == ["demo", "second"]
+
+
+def test_a_project_has_a_creation_id_that_only_deleting_and_creating_it_again_changes(
+        client: Any, make_project: Any, settings: Any) -> None:
+    created = make_project("demo", ITEMS)["created"]
+    assert created and client.get("/demo").get_json()["created"] == created
+    r = client.put("/demo", json={"description": "new", "items": ITEMS}, headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["created"] == created
+    stored = json.loads((settings.state_dir / "projects.json").read_text())
+    assert stored["demo"]["created"] == created
+    assert client.put("/demo", json={"created": "mine", "items": ITEMS},
+                      headers=AUTH).status_code == 400
+    assert client.post("/other", json={"created": "mine", "items": {}},
+                       headers=AUTH).status_code == 400
+    assert client.delete("/demo", headers=AUTH).status_code == 204
+    assert make_project("demo", ITEMS)["created"] != created
+
+
+def test_a_project_stored_before_creation_ids_existed_still_loads(settings: Any) -> None:
+    from artstore.registry import Registry
+
+    (settings.state_dir / "projects.json").write_text(json.dumps({"old": {"items": {}}}))
+    assert Registry(settings.state_dir).get("old") == {"description": "", "items": {},
+                                                       "created": ""}

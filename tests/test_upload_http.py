@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -140,3 +143,89 @@ def test_truncated_multipart_body_publishes_nothing(small: Server, tmp_path: Pat
     assert temp_is_empty(tmp_path)
     names = [f["name"] for f in requests.get(f"{small.url}/demo/builds").json()["files"]]
     assert names == ["a.bin"]
+
+
+# -- the caller and the project are checked again at the commit point ----------------------------
+
+UPLOAD_PATHS = {"docs": "/demo/docs", "builds": "/demo/builds?filename=late.bin"}
+
+
+def half_sent_upload(server: Server, path: str, body: bytes, token: str,
+                     tmp_path: Path) -> http.client.HTTPConnection:
+    """A PUT whose headers and first half are sent, and which the server has begun to
+    receive (its temp file exists): authenticated, but not yet published."""
+    host, port = server.url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("PUT", path)
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body[:len(body) // 2])
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "state" / "tmp").iterdir()):
+        assert time.monotonic() < deadline, "the server never began receiving the upload"
+        time.sleep(0.02)
+    return conn
+
+
+def send_the_rest(conn: http.client.HTTPConnection,
+                  body: bytes) -> tuple[int, str | None, Any]:
+    conn.send(body[len(body) // 2:])
+    resp = conn.getresponse()
+    answer = (resp.status, resp.getheader("Content-Type"), json.loads(resp.read()))
+    conn.close()
+    return answer
+
+
+def items_now(server: Server) -> dict[str, Any]:
+    return {item: requests.get(f"{server.url}/demo/{item}").json() for item in UPLOAD_PATHS}
+
+
+@pytest.fixture
+def demo(server: Server) -> Server:
+    items = {"docs": {"type": "tgz"}, "builds": {"type": "collection"}}
+    requests.post(f"{server.url}/demo", json={"items": items}, headers=AUTH).raise_for_status()
+    requests.put(f"{server.url}/demo/docs", data=site(), headers=AUTH).raise_for_status()
+    requests.put(f"{server.url}/demo/builds?filename=a.bin", data=b"a",
+                 headers=AUTH).raise_for_status()
+    return server
+
+
+@pytest.mark.parametrize("item", sorted(UPLOAD_PATHS))
+def test_a_token_revoked_mid_upload_publishes_nothing(demo: Server, tmp_path: Path,
+                                                      item: str) -> None:
+    token = requests.post(f"{demo.url}/demo/_tokens", headers=AUTH).json()
+    before = items_now(demo)
+    body = site(b"late") if item == "docs" else b"late" * 10_000
+    conn = half_sent_upload(demo, UPLOAD_PATHS[item], body, token["token"], tmp_path)
+    assert requests.delete(f"{demo.url}/demo/_tokens/{token['id']}",
+                           headers=AUTH).status_code == 204
+    assert requests.put(f"{demo.url}/demo/docs", data=site(), headers={
+        "Authorization": f"Bearer {token['token']}"}).status_code == 401
+    status, content_type, problem = send_the_rest(conn, body)
+    assert (status, content_type) == (401, "application/problem+json"), problem
+    assert items_now(demo) == before
+    assert (tmp_path / "state/public/demo/docs/index.html").read_bytes() == b"live"
+    assert temp_is_empty(tmp_path)
+
+
+@pytest.mark.parametrize("item", sorted(UPLOAD_PATHS))
+def test_an_upload_into_a_project_deleted_and_created_again_meanwhile_publishes_nothing(
+        demo: Server, tmp_path: Path, item: str) -> None:
+    body = site(b"late") if item == "docs" else b"late" * 10_000
+    conn = half_sent_upload(demo, UPLOAD_PATHS[item], body, ADMIN, tmp_path)
+    items = requests.get(f"{demo.url}/demo").json()["items"]
+    old_created = requests.get(f"{demo.url}/demo").json()["created"]
+    assert requests.delete(f"{demo.url}/demo", headers=AUTH).status_code == 204
+    r = requests.post(f"{demo.url}/demo", json={"items": {
+        name: {k: v for k, v in conf.items() if k in ("type", "keep", "depth")}
+        for name, conf in items.items()}}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["created"] != old_created
+    status, content_type, problem = send_the_rest(conn, body)
+    assert (status, content_type) == (409, "application/problem+json"), problem
+    new = items_now(demo)
+    assert (new["docs"]["live"], new["docs"]["releases"]) == (None, [])
+    assert (new["builds"]["live"], new["builds"]["files"]) == (None, [])
+    assert sorted(p.name for p in (tmp_path / "state/public/demo").iterdir()) == [
+        ".artstore", "index.html"]
+    assert temp_is_empty(tmp_path)

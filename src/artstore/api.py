@@ -358,6 +358,7 @@ def upload(project: str, item: str) -> Any:
     auth.require_project(caller(), project)
     store = services().store
     store.item_type(project, item)  # 404 before a byte of the body is read
+    project_created = store.project_created(project)
     limit = services().settings.max_upload_bytes
     if (request.content_length or 0) > limit:
         raise upload_too_large(limit)
@@ -381,7 +382,10 @@ def upload(project: str, item: str) -> Any:
         incoming, filename, fields = receive_multipart(store)
     sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
     result = store.publish(project, item, incoming, filename=filename, metadata=fields,
-                           sha256=sha256, site_url=site_url())
+                           sha256=sha256, site_url=site_url(),
+                           project_created=project_created,
+                           # A token revoked while the body streamed publishes nothing.
+                           check=lambda: auth.require_project(caller(), project))
     return created(result, url_for("get_item", project=project, item=item, _external=True))
 
 

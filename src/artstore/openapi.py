@@ -80,6 +80,9 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "description", "items"],
         "properties": {
             "name": {"type": "string"}, "description": {"type": "string"},
+            "created": {"type": "string",
+                        "description": "creation id: changes only when the project is "
+                                       "deleted and created again"},
             "items": {"type": "object", "additionalProperties": {
                 "type": "object", "required": ["type", "live"],
                 "properties": {"type": {"type": "string"},

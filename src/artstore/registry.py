@@ -1,6 +1,8 @@
 """The project registry: ``projects.json`` in the state directory.
 
-It maps each project name to the project's configuration, in the API's shape. Every
+It maps each project name to the project's configuration, in the API's shape, plus
+``created``: an id the service gives a project when it is created, so that a project
+deleted and created again under the same name is told apart from the old one. Every
 change is a read-modify-write under an inter-process lock, written atomically, so
 several worker processes and a crash at any instant never corrupt it.
 """
@@ -60,6 +62,21 @@ def _normalise_item(name: str, conf: Any) -> dict[str, Any]:
     return out
 
 
+def _load_project(conf: Any) -> dict[str, Any]:
+    """A project as stored: its configuration plus the ``created`` the API never sets.
+
+    A project stored before ``created`` existed gets "", which no new project has.
+    """
+    if isinstance(conf, dict) and "created" in conf:
+        conf = dict(conf)
+        created = conf.pop("created")
+        if not isinstance(created, str):
+            raise BadRequest("'created' must be a string")
+    else:
+        created = ""
+    return {**normalise_project(conf), "created": created}
+
+
 class Registry:
     """Reads and changes ``projects.json``; reads are cached until the file changes."""
 
@@ -84,7 +101,7 @@ class Registry:
             projects = {}
             for name, conf in data.items():
                 check_name(name, "project name")
-                projects[name] = normalise_project(conf)
+                projects[name] = _load_project(conf)
         except (ValueError, BadRequest) as exc:
             detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
             raise ConfigError(

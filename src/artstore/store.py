@@ -26,7 +26,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from . import archive, pages, storage
@@ -259,6 +259,10 @@ class Store:
         """The item's type; 404 if the project or item does not exist."""
         return str(self._item_conf(project, item)["type"])
 
+    def project_created(self, name: str) -> str:
+        """The project's creation id: a project deleted and created again has a new one."""
+        return str(self._project(name)["created"])
+
     def _effective(self, conf: dict[str, Any]) -> dict[str, Any]:
         if conf["type"] == "collection":
             return {"type": "collection", "depth": conf.get("depth", self.settings.default_depth)}
@@ -293,11 +297,12 @@ class Store:
             state = self._read_state(name, item, item_conf["type"])
             items[item] = {**self._effective(item_conf), "live": state["live"],
                            "last_publish": self.last_publish(name, item)}
-        return {"name": name, "description": conf["description"], "items": items}
+        return {"name": name, "description": conf["description"], "created": conf["created"],
+                "items": items}
 
     def create_project(self, name: str, body: Any) -> dict[str, Any]:
         check_name(name, "project name")
-        conf = normalise_project(body)
+        conf = {**normalise_project(body), "created": _new_id(set())}
 
         def add(projects: dict[str, Any]) -> None:
             if name in projects:
@@ -329,7 +334,7 @@ class Store:
                     f"{', '.join(map(repr, affected))}; repeat it with ?prune=true to do so",
                     items=affected,
                 )
-            projects[name] = new
+            projects[name] = {**new, "created": old["created"]}
             return old
 
         old = self.registry.change(replace)
@@ -373,9 +378,25 @@ class Store:
         metadata: dict[str, str],
         sha256: str | None,
         site_url: str,
+        project_created: str | None = None,
+        check: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Publish a received upload to an item; the caller discards ``upload`` afterwards."""
+        """Publish a received upload to an item; the caller discards ``upload`` afterwards.
+
+        ``project_created`` is the project's ``project_created()`` when the upload began
+        (default: now); ``check`` runs at the commit point, under the item lock, and may
+        raise to publish nothing (the caller's token was revoked meanwhile).
+        """
         conf = self._item_conf(project, item)
+        started = project_created
+        if started is None:
+            started = self._project(project)["created"]
+
+        def may_commit() -> None:
+            if check is not None:
+                check()
+            self._still_configured(project, item, conf, started)
+
         metadata = check_metadata(metadata)
         upload.finish()
         if sha256 is not None and sha256.strip().lower() != upload.sha256:
@@ -386,17 +407,19 @@ class Store:
         entry = {"sha256": upload.sha256, "size": upload.size, "created": now(),
                  "metadata": metadata}
         if conf["type"] == "collection":
-            result = self._publish_collection_file(project, item, conf, upload, filename, entry)
+            result = self._publish_collection_file(project, item, conf, upload, filename, entry,
+                                                   may_commit)
         else:
-            result = self._publish_release(project, item, conf, upload, filename, entry)
+            result = self._publish_release(project, item, conf, upload, filename, entry,
+                                           may_commit)
         result["warnings"] = [*result["warnings"], *self._refresh_project_page(project)]
         return {"project": project, "item": item, "sha256": entry["sha256"],
                 "size": entry["size"], "metadata": metadata,
                 **result, "url": site_url + result["url"]}
 
     def _publish_release(self, project: str, item: str, conf: dict[str, Any],
-                         upload: Incoming, filename: str | None,
-                         entry: dict[str, Any]) -> dict[str, Any]:
+                         upload: Incoming, filename: str | None, entry: dict[str, Any],
+                         may_commit: Callable[[], None]) -> dict[str, Any]:
         with self._staging(project, item) as stage, storage.disk_errors("extracting the upload"):
             warnings: list[str] = []
             unwrapped = None
@@ -418,7 +441,7 @@ class Store:
             storage.sync_filesystem(stage)
             entry = {**entry, "files": files}
             with self._item_lock(project, item):
-                self._still_configured(project, item, conf)
+                may_commit()
                 state = self._read_state(project, item, conf["type"])
                 release = _new_id({r["release"] for r in state["releases"]})
                 state["releases"].append({"release": release, **entry})
@@ -430,7 +453,8 @@ class Store:
 
     def _publish_collection_file(self, project: str, item: str, conf: dict[str, Any],
                                  upload: Incoming, filename: str | None,
-                                 entry: dict[str, Any]) -> dict[str, Any]:
+                                 entry: dict[str, Any],
+                                 may_commit: Callable[[], None]) -> dict[str, Any]:
         if not filename:
             raise BadRequest("a collection upload needs a file name "
                              "(the multipart file name, or ?filename= with PUT)")
@@ -440,7 +464,7 @@ class Store:
             _place(upload, stage / name)
             storage.sync_filesystem(stage)
             with self._item_lock(project, item):
-                self._still_configured(project, item, conf)
+                may_commit()
                 state = self._refuse_existing(project, item, conf, name)
                 files = state["files"] + [{"name": name, **entry}]
                 state = self._commit_collection(project, item, conf, state, files, stage)
@@ -491,12 +515,15 @@ class Store:
         self._commit(project, item, state, stage=stage, doomed=[old] if old else [])
         return state
 
-    def _still_configured(self, project: str, item: str, conf: dict[str, Any]) -> None:
-        """A project or item deleted or retyped while the upload ran wins over the upload."""
+    def _still_configured(self, project: str, item: str, conf: dict[str, Any],
+                          created: str) -> None:
+        """A project or item deleted, retyped or deleted and created again while the upload
+        ran wins over the upload."""
         current = self.registry.get(project)
-        if current is None or current["items"].get(item, {}).get("type") != conf["type"]:
-            raise Conflict(f"{project}/{item} was removed or changed while uploading; "
-                           "nothing was published")
+        if (current is None or current["created"] != created
+                or current["items"].get(item, {}).get("type") != conf["type"]):
+            raise Conflict(f"{project}/{item} was removed, changed or created again while "
+                           "uploading; nothing was published")
 
     # ------------------------------------------------------------ item reads
 
