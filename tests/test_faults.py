@@ -517,6 +517,85 @@ def test_a_project_delete_killed_while_removing_a_folder_is_finished_by_the_next
     assert not (tmp_path / "state/items/gone").exists()
 
 
+def _app(tmp_path: Path) -> Any:
+    """A worker starting on the store in tmp_path (it sweeps first), through the API."""
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+
+    settings = settings_mod.load(write_config(tmp_path / "state"), environ={})
+    return create_app(settings, environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+
+
+def stored_tokens(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "state" / "tokens.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_a_project_delete_killed_while_removing_its_files_has_ended_its_tokens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker dies while it removes the releases (nginx answers 502): the tokens must
+    already be gone, or the project created again under its name would accept them."""
+    from artstore import storage
+
+    client = _app(tmp_path).test_client()
+    assert client.post("/gone", json={"items": ITEMS}, headers=AUTH).status_code == 201
+    token = client.post("/gone/_tokens", headers=AUTH).get_json()["token"]
+    own = {"Authorization": f"Bearer {token}"}
+    assert client.put("/gone/docs", data=release_tgz(1, files=50), headers=own).status_code == 201
+    monkeypatch.setattr(storage.shutil, "rmtree", _killed)
+    with pytest.raises(Killed):
+        client.delete("/gone", headers=AUTH)
+    monkeypatch.undo()
+    assert "gone" not in json.loads((tmp_path / "state/projects.json").read_text())
+    assert "gone" not in stored_tokens(tmp_path)
+    assert client.post("/gone", json={"items": ITEMS}, headers=AUTH).status_code == 201
+    assert client.put("/gone/docs", data=release_tgz(2), headers=own).status_code == 401
+    restarted = _app(tmp_path).test_client()
+    assert restarted.put("/gone/docs", data=release_tgz(2), headers=own).status_code == 401
+    assert restarted.get("/gone/docs").get_json()["releases"] == []
+
+
+def test_the_start_up_sweep_ends_the_tokens_of_projects_that_do_not_exist(
+        tmp_path: Path) -> None:
+    """A delete killed between its commit point (projects.json) and ending the tokens."""
+    client = _app(tmp_path).test_client()
+    for name in ("gone", "kept"):
+        assert client.post(f"/{name}", json={"items": ITEMS}, headers=AUTH).status_code == 201
+    tokens = {name: client.post(f"/{name}/_tokens", headers=AUTH).get_json()["token"]
+              for name in ("gone", "kept")}
+    client.application.extensions["artstore"].store.registry.change(
+        lambda projects: projects.pop("gone"))
+    assert sorted(stored_tokens(tmp_path)) == ["gone", "kept"]
+    restarted = _app(tmp_path).test_client()
+    assert sorted(stored_tokens(tmp_path)) == ["kept"]
+    assert restarted.post("/gone", json={"items": ITEMS}, headers=AUTH).status_code == 201
+    for name, status in (("gone", 401), ("kept", 201)):
+        r = restarted.put(f"/{name}/docs", data=release_tgz(1),
+                          headers={"Authorization": f"Bearer {tokens[name]}"})
+        assert r.status_code == status, r.get_json()
+
+
+def test_a_token_is_never_created_for_a_project_deleted_while_it_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project is deleted right after the token call checked that it exists."""
+    app = _app(tmp_path)
+    client = app.test_client()
+    assert client.post("/gone", json={"items": ITEMS}, headers=AUTH).status_code == 201
+    services = app.extensions["artstore"]
+    real_get_project = services.store.get_project
+
+    def deleted_meanwhile(name: str) -> Any:
+        found = real_get_project(name)
+        services.store.delete_project(name)  # as DELETE /gone does, in another worker
+        services.tokens.drop_project(name)
+        return found
+
+    monkeypatch.setattr(services.store, "get_project", deleted_meanwhile)
+    assert client.post("/gone/_tokens", headers=AUTH).status_code == 404
+    monkeypatch.undo()
+    assert "gone" not in stored_tokens(tmp_path)
+
+
 @pytest.mark.parametrize("kill", ["before-the-removal", "during-the-removal"])
 def test_an_item_removal_cut_short_is_finished_by_the_next_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: str) -> None:

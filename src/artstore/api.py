@@ -348,8 +348,10 @@ def update_project(project: str) -> Any:
 
 def delete_project(project: str) -> Any:
     auth.require_admin(caller())
-    services().store.delete_project(project)
-    services().tokens.drop_project(project)
+    # The tokens end before the files are removed: a delete cut short there must not leave
+    # tokens that a project created again under the name would accept.
+    services().store.delete_project(project,
+                                    forget=lambda: services().tokens.drop_project(project))
     return "", 204
 
 
@@ -419,7 +421,9 @@ def delete_file(project: str, item: str, filename: str) -> Any:
 def create_token(project: str) -> Any:
     auth.require_admin(caller())
     services().store.get_project(project)
-    body = services().tokens.create(project)
+    # Checked again under the tokens' lock, so a delete running meanwhile cannot miss it.
+    body = services().tokens.create(project,
+                                    check=lambda: services().store.project_created(project))
     return created(body, url_for("list_tokens", project=project, _external=True))
 
 
@@ -465,16 +469,17 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store(settings)  # a broken projects.json stops start-up here
+    tokens = auth.Tokens(settings.state_dir, auth.ensure_admin_token(settings.state_dir, environ))
     try:
         store.sweep()
+        # A project delete killed before it ended the tokens.
+        tokens.drop_unless(lambda project: store.registry.get(project) is not None)
     except Exception:  # noqa: BLE001
         # Housekeeping must never keep a worker from starting: gunicorn stops the whole
         # service when one fails to boot. What is left is swept at the next start.
         log.exception("the start-up sweep failed; serving anyway")
-    admin_token = auth.ensure_admin_token(settings.state_dir, environ)
     disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}
-    app.extensions["artstore"] = Services(settings, store,
-                                          auth.Tokens(settings.state_dir, admin_token),
+    app.extensions["artstore"] = Services(settings, store, tokens,
                                           Metrics(settings.state_dir, disks))
     app.url_map.converters["name"] = NameConverter
     for path, view, methods in ROUTES:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import storage
 from .errors import Forbidden, NotFound, Unauthorized
@@ -86,11 +86,15 @@ class Tokens:
             raise Unauthorized("the bearer token is not valid")
         return Caller(project=found)
 
-    def create(self, project: str) -> dict[str, Any]:
+    def create(self, project: str, check: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """A new token for ``project``; ``check`` (that the project exists) runs under the
+        lock that ``drop_project`` takes, so a token is never made for a deleted project."""
         token_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}{project}_{secrets.token_urlsafe(32)}"
         entry = {"id": token_id, "hash": _digest(token), "created": _now()}
         with storage.locked(self.lock_path):
+            if check is not None:
+                check()
             data = storage.read_json(self.path, {})
             data.setdefault(project, []).append(entry)
             storage.write_json(self.path, data, mode=0o600)
@@ -111,10 +115,15 @@ class Tokens:
             storage.write_json(self.path, data, mode=0o600)
 
     def drop_project(self, project: str) -> None:
+        self.drop_unless(lambda name: name != project)
+
+    def drop_unless(self, keep: Callable[[str], bool]) -> None:
+        """End the tokens of every project ``keep`` says no to (asked under the lock)."""
         with storage.locked(self.lock_path):
             data = storage.read_json(self.path, {})
-            if data.pop(project, None) is not None:
-                storage.write_json(self.path, data, mode=0o600)
+            kept = {project: entries for project, entries in data.items() if keep(project)}
+            if kept != data:
+                storage.write_json(self.path, kept, mode=0o600)
 
 
 def require_admin(caller: Caller) -> None:

@@ -347,7 +347,9 @@ class Store:
         self._write_root_page()
         return self.get_project(name)
 
-    def delete_project(self, name: str) -> None:
+    def delete_project(self, name: str, forget: Callable[[], None] | None = None) -> None:
+        """Delete a project and its files; ``forget`` runs right after the commit point
+        (projects.json), before the slow removal of the files, to end its tokens."""
         self._project(name)
         folder = self.items_state / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -359,6 +361,8 @@ class Store:
         # Under the project's page lock, so no page writer recreates its directory.
         with storage.locked(folder / "pages.lock"):
             self.registry.change(remove)
+            if forget is not None:
+                forget()
             storage.remove_tree(self.base / name)
         storage.remove_tree(folder)
         self._write_root_page()
