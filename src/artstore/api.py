@@ -47,7 +47,8 @@ from .store import Incoming, Store, upload_too_large
 log = logging.getLogger("artstore")
 PROBLEM = "application/problem+json"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024  # any JSON body: a project configuration, a rollback...
+JSON_PIECE = 64 * 1024
 CHUNK = 1024 * 1024
 DECODER_PIECE = 256 * 1024
 MIN_PIECE = 256 * 1024  # read from the socket before a piece is handed on
@@ -136,15 +137,41 @@ def site_url() -> str:
     return (services().settings.public_url or request.host_url.rstrip("/")) + "/"
 
 
-def json_body() -> Any:
+def json_body(optional: bool = False) -> Any:
+    """The request's JSON body, the one way every JSON body is read.
+
+    At most MAX_JSON_BYTES are read, counted while reading, so a huge body (chunked, with
+    no Content-Length to refuse up front) costs no memory. ``optional``: an empty body is
+    None, whatever its content type.
+    """
+    if not optional and request.mimetype != "application/json":
+        raise UnsupportedType("send the body as application/json")
+    data = bounded_body(MAX_JSON_BYTES, f"a JSON body is limited to {MAX_JSON_BYTES} bytes")
+    if optional and not data.strip():
+        return None
     if request.mimetype != "application/json":
-        raise UnsupportedType("send the project configuration as application/json")
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise TooLarge(f"a project configuration is limited to {MAX_JSON_BYTES} bytes")
+        raise UnsupportedType("send the body as application/json")
     try:
-        return json.loads(request.get_data(cache=False) or b"null")
+        return json.loads(data or b"null")
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def bounded_body(limit: int, too_large: str) -> bytes:
+    """The whole request body, refused (413) as soon as it passes ``limit`` bytes."""
+    if (request.content_length or 0) > limit:
+        raise TooLarge(too_large)
+    data = bytearray()
+    while True:
+        try:
+            piece = request.stream.read(min(JSON_PIECE, limit + 1 - len(data)))
+        except Exception:  # noqa: BLE001 - as in wsgi_chunks: the body sent is broken
+            raise BadRequest("the request body ended before it was complete") from None
+        if not piece:
+            return bytes(data)
+        data += piece
+        if len(data) > limit:
+            raise TooLarge(too_large)
 
 
 def flag(name: str) -> bool:
@@ -404,8 +431,8 @@ def latest(project: str, item: str) -> Any:
 def rollback(project: str, item: str) -> Any:
     auth.require_project(caller(), project)
     release = None
-    if request.get_data(cache=True).strip():
-        body = json_body()
+    body = json_body(optional=True)
+    if body is not None:
         if not isinstance(body, dict) or not isinstance(body.get("release"), str):
             raise BadRequest('send {"release": "<id>"}, or no body for the previous release')
         release = body["release"]
@@ -420,6 +447,8 @@ def delete_file(project: str, item: str, filename: str) -> Any:
 
 def create_token(project: str) -> Any:
     auth.require_admin(caller())
+    if json_body(optional=True) not in (None, {}):
+        raise BadRequest("a token takes no options: send no body, or {}")
     services().store.get_project(project)
     # Checked again under the tokens' lock, so a delete running meanwhile cannot miss it.
     body = services().tokens.create(project,
