@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import storage
-from .errors import Forbidden, NotFound, Unauthorized
+from .errors import ConfigError, Forbidden, NotFound, Unauthorized
 
 ADMIN_ENV = "ARTSTORE_ADMIN_TOKEN"
 TOKEN_PREFIX = "ast_"
@@ -34,18 +34,15 @@ def ensure_admin_token(state_dir: Path, environ: Mapping[str, str] | None = None
     if environ.get(ADMIN_ENV):
         return environ[ADMIN_ENV]
     path = Path(state_dir) / "admin.token"
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
     token = TOKEN_PREFIX + "admin_" + secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker made it first
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    print(f"artstore: created the admin token in {path} (mode 0600)", file=sys.stderr)
+    if not path.exists() and storage.create_once(path, (token + "\n").encode(), 0o600):
+        print(f"artstore: created the admin token in {path} (mode 0600)", file=sys.stderr)
+        return token
+    # Made by an earlier start or by another worker just now; either way it is whole.
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ConfigError(f"{path} is empty: delete it while the service is stopped, and "
+                          "the next start makes a new admin token")
     return token
 
 

@@ -219,6 +219,34 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         fsync_dir(path.parent)
 
 
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; False if it did.
+
+    The file is written whole under a temp name and then hard-linked to ``path``, which
+    fails if it exists: a reader never sees ``path`` empty or half written, and of several
+    processes racing to create it exactly one wins.
+    """
+    path = Path(path)
+    fd, tmp = claimed_file(path.parent, TMP_PREFIX + path.name + ".")
+    try:
+        with disk_errors(f"writing {path.name}"):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.close(fd)
+
+
 def write_json(path: Path, data: Any, mode: int = 0o644) -> None:
     # No indent: with one, json falls back to its pure-Python encoder, which made
     # every change to a 1,000-project projects.json take 10x longer.
