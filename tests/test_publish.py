@@ -194,6 +194,32 @@ def test_sha256_is_verified_before_anything_is_published(client: Any, settings: 
     assert post(client, "/demo/docs", data, sha256=good.upper()).status_code == 201
 
 
+@pytest.mark.parametrize("way", ["form-field", "query"])
+def test_a_sha256_field_beside_the_checksum_header_is_never_metadata(
+        client: Any, settings: Any, demo: None, way: str) -> None:
+    data = tgz({"index.html": b"v"})
+    good = hashlib.sha256(data).hexdigest()
+
+    def send(field: str) -> Any:
+        header = {**AUTH, "X-Checksum-Sha256": good}
+        if way == "query":
+            return client.put(f"/demo/docs?sha256={field}&commit=abc", data=data,
+                              headers=header)
+        return client.post("/demo/docs", headers=header, content_type="multipart/form-data",
+                           data={"item": (io.BytesIO(data), "site.tgz"), "sha256": field,
+                                 "commit": "abc"})
+
+    r = send("0" * 64)
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert "disagree" in r.get_json()["detail"]
+    assert client.get("/demo/docs").get_json()["releases"] == []
+    assert leftovers(settings) == []
+    r = send(good.upper())
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["metadata"] == {"commit": "abc"}
+    assert client.get("/demo/docs").get_json()["releases"][0]["metadata"] == {"commit": "abc"}
+
+
 def test_upload_to_a_missing_item_answers_404_and_stores_nothing(
         client: Any, settings: Any, demo: None) -> None:
     assert post(client, "/demo/nope", b"x").status_code == 404

@@ -270,6 +270,17 @@ def gunicorn_body(environ: dict[str, Any]) -> Iterator[memoryview] | None:
     return pieces()
 
 
+def checksum_claimed(fields: dict[str, str]) -> str | None:
+    """The sha256 the client says the upload has: ``X-Checksum-Sha256``, or a ``sha256``
+    field or query parameter, which is never metadata. Two that disagree are refused."""
+    header = request.headers.get("X-Checksum-Sha256")
+    field = fields.pop("sha256", None)
+    if header and field is not None and header.strip().lower() != field.strip().lower():
+        raise BadRequest(f"X-Checksum-Sha256 ({header.strip()!r}) and the sha256 field "
+                         f"({field.strip()!r}) disagree; nothing was published")
+    return header or field
+
+
 def receive_into(store: Store) -> Incoming:
     incoming = store.receive()
     g.setdefault("incoming", []).append(incoming)  # discarded when the request ends
@@ -409,7 +420,7 @@ def upload(project: str, item: str) -> Any:
             raise UnsupportedType("POST the file as multipart/form-data under key 'item', "
                                   "or PUT the raw body")
         incoming, filename, fields = receive_multipart(store)
-    sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
+    sha256 = checksum_claimed(fields)
     result = store.publish(project, item, incoming, filename=filename, metadata=fields,
                            sha256=sha256, site_url=site_url(),
                            project_created=project_created,
