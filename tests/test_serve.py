@@ -55,7 +55,9 @@ def test_serve_without_configuration_embeds_a_default_store(embedded: Server,
     data = tmp_path / "artstore-data"
     token_file = data / "admin.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert str(token_file) in (tmp_path / "serve.log").read_text()
+    told = (tmp_path / "serve.log").read_text()
+    assert f"created the admin token in {token_file}" in told
+    assert f"admin token: from {token_file}" in told
     token = token_file.read_text().strip()
     auth = {"Authorization": f"Bearer {token}"}
     r = requests.post(f"{embedded.url}/demo", json={"items": {"report": {"type": "html"}}},
@@ -80,6 +82,29 @@ def test_a_second_start_reuses_the_embedded_token(embedded: Server, tmp_path: Pa
         assert (tmp_path / "artstore-data" / "admin.token").read_text() == token
     finally:
         srv.stop()
+
+
+def test_two_instances_with_one_home_both_serve_and_leave_home_alone(tmp_path: Path) -> None:
+    """gunicorn 27 would open its control socket in $HOME/.gunicorn/, shared by both."""
+    home = tmp_path / "home"
+    home.mkdir()
+    servers = []
+    try:
+        for name in ("one", "two"):
+            config = write_config(tmp_path / name)
+            servers.append(start_server(
+                tmp_path, ["--config", str(config), "--workers", "1"],
+                {"ARTSTORE_ADMIN_TOKEN": ADMIN, "HOME": str(home), "XDG_RUNTIME_DIR": ""},
+                tmp_path / f"{name}.log"))
+        for srv in servers:
+            assert requests.post(f"{srv.url}/demo", json={"items": {}},
+                                 headers=AUTH).status_code == 201
+    finally:
+        for srv in servers:
+            srv.stop()
+    assert list(home.iterdir()) == []
+    for name in ("one", "two"):
+        assert "control socket" not in (tmp_path / f"{name}.log").read_text().lower()
 
 
 def test_project_endpoints_over_http(server: Server) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from typing import Any, Callable
 from . import storage
 from .errors import ConfigError, Forbidden, NotFound, Unauthorized
 
+log = logging.getLogger("artstore")
 ADMIN_ENV = "ARTSTORE_ADMIN_TOKEN"
 TOKEN_PREFIX = "ast_"
 
@@ -36,7 +37,10 @@ def ensure_admin_token(state_dir: Path, environ: Mapping[str, str] | None = None
     path = Path(state_dir) / "admin.token"
     token = TOKEN_PREFIX + "admin_" + secrets.token_urlsafe(32)
     if not path.exists() and storage.create_once(path, (token + "\n").encode(), 0o600):
-        print(f"artstore: created the admin token in {path} (mode 0600)", file=sys.stderr)
+        # Through the service's log: a JSON line under deploy/gunicorn.conf.py; with no
+        # logging set up (``artstore serve`` makes the token before gunicorn starts),
+        # Python's last-resort handler prints a warning on stderr.
+        log.warning("created the admin token in %s (mode 0600)", path)
         return token
     # Made by an earlier start or by another worker just now; either way it is whole.
     token = path.read_text(encoding="utf-8").strip()

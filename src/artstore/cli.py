@@ -85,13 +85,18 @@ def resolve_settings(config: str | None, data_dir: str) -> tuple[Settings, bool]
     return load(path), embedded
 
 
+# Settings that only some supported gunicorn versions have; the others go without them.
+OPTIONAL_GUNICORN_SETTINGS = {"control_socket_disable"}
+
+
 def run_gunicorn(app_factory: Any, options: dict[str, Any]) -> None:
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings or key not in OPTIONAL_GUNICORN_SETTINGS:
+                    self.cfg.set(key, value)
 
         def load(self) -> Any:
             return app_factory()
@@ -146,6 +151,9 @@ def serve(config: str | None, data_dir: str, host: str, port: int, workers: int)
         "graceful_timeout": 30,
         "accesslog": "-",
         "errorlog": "-",
+        # gunicorn 27's control socket lives in $HOME/.gunicorn/ by default, where a
+        # second instance on the host would take it over; nothing here uses it.
+        "control_socket_disable": True,
     })
 
 

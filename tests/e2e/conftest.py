@@ -228,16 +228,20 @@ class Stack:
         return access_entries(self.service_log)
 
 
-def start_gunicorn(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """The README's production command, on a free loopback port."""
+def start_gunicorn(folder: Path, admin_token: str | None = ADMIN
+                   ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The README's production command, on a free loopback port; ``admin_token`` None
+    lets the service make one in the state directory."""
     state = folder / "state"
     write_state(state, str(folder / "srv" / "public"), str(folder / "srv" / "tmp"))
     port = free_port()
     gunicorn = Path(sys.executable).with_name("gunicorn")
     command = ([str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"])
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARTSTORE_")},
-           "ARTSTORE_CONFIG": str(state / "artstore.json"), "ARTSTORE_ADMIN_TOKEN": ADMIN,
+           "ARTSTORE_CONFIG": str(state / "artstore.json"),
            "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(WORKERS)}
+    if admin_token is not None:
+        env["ARTSTORE_ADMIN_TOKEN"] = admin_token
     log = folder / "service.log"
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([*command, "-c", str(DEPLOY / "gunicorn.conf.py"), APP],

@@ -27,6 +27,7 @@ from .conftest import (
     buildah,
     image_config,
     needs_nginx,
+    start_gunicorn,
     start_nginx,
     stop,
 )
@@ -345,6 +346,20 @@ def test_the_image_runs_unprivileged_with_a_health_check(stack: Stack, project: 
     assert (stack.state / "metrics" / "counters.json").is_file()
     assert (stack.state / "projects.json").stat().st_uid != 0
     assert (stack.public / project / "report" / "index.html").stat().st_uid != 0
+
+
+def test_the_first_start_logs_where_the_admin_token_is_as_a_json_line(tmp_path: Path) -> None:
+    proc, _, log = start_gunicorn(tmp_path, admin_token=None)
+    stop(proc)
+    token_file = tmp_path / "state" / "admin.token"
+    lines = log.read_text().splitlines()
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not_json == [], not_json
+    entries = [json.loads(line) for line in lines]
+    told = [e for e in entries if str(token_file) in e.get("message", "")]
+    assert len(told) == 1, entries  # one worker made it; the others read it
+    assert told[0]["logger"] == "artstore" and told[0]["level"] == "warning"
+    assert token_file.read_text().startswith("ast_admin_")
 
 
 @needs_nginx
