@@ -276,7 +276,7 @@ def checksum_claimed(fields: dict[str, str]) -> str | None:
     header = request.headers.get("X-Checksum-Sha256")
     field = fields.pop("sha256", None)
     if header and field is not None and header.strip().lower() != field.strip().lower():
-        raise BadRequest(f"X-Checksum-Sha256 ({header.strip()!r}) and the sha256 field "
+        raise BadRequest(f"X-Checksum-Sha256 ({header.strip()!r}) and sha256 "
                          f"({field.strip()!r}) disagree; nothing was published")
     return header or field
 
