@@ -100,6 +100,19 @@ def project(stack: Stack, request: pytest.FixtureRequest) -> str:
     return name
 
 
+def test_the_readmes_nginx_step_on_a_fresh_debian_nginx_reaches_the_service(stack: Stack
+                                                                          ) -> None:
+    """The stack's nginx is Debian's /etc/nginx with the README's step done to it."""
+    assert "warn" not in stack.nginx.checked(), stack.nginx.checked()
+    r = requests.get(stack.api + "/_health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    # Another host name is Debian's default site's, never artstore's.
+    other = {"Host": "other.example"}
+    r = requests.get(stack.api + "/_health", headers=other)
+    assert r.status_code == 404 and "X-Request-Id" not in r.headers
+    assert "Welcome to nginx" in requests.get(stack.url + "/", headers=other).text
+
+
 def test_a_project_is_created_through_nginx_with_urls_under_the_prefix(stack: Stack) -> None:
     r = create_project(stack, "demo")
     assert r.status == 201, r.body
