@@ -326,6 +326,45 @@ def test_the_service_logs_the_client_and_request_id_nginx_passes(stack: Stack, p
     assert logged(stack.nginx.access_log, {generated})[generated]["status"] == 404
 
 
+# Every header some part of the service could take a host, port, scheme or prefix from
+# (werkzeug's ProxyFix, gunicorn's secure scheme and forwarder headers), as a client
+# would make them up.
+FORGED = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "6666",
+          "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/evil",
+          "X-Forwarded-Ssl": "on", "X-Forwarded-Protocol": "ssl",
+          "Forwarded": "for=203.0.113.9;host=evil.example;proto=https",
+          "X-Forwarded-Server": "evil.example", "SCRIPT_NAME": "/evil"}
+
+
+def test_urls_the_service_returns_never_take_a_host_or_port_from_the_client(
+        stack: Stack, project: str) -> None:
+    # A Host that nginx matches to artstore's server_name, with a port of the client's
+    # choosing, and every forwarded header made up.
+    forged = {**FORGED, "Host": "127.0.0.1:6666"}
+    auth = {**stack.auth, **forged}
+    r = requests.post(f"{stack.api}/{project}x", json={"items": {}}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"{stack.api}/{project}x"
+    r = requests.put(f"{stack.api}/{project}/report", data=b"<p>r</p>", headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"{stack.api}/{project}/report"
+    assert r.json()["url"] == f"{stack.url}/{project}/report/"
+    r = requests.put(f"{stack.api}/{project}/builds", params={"filename": "a.bin"}, data=b"a",
+                     headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == f"{stack.url}/{project}/builds/a.bin"
+    r = requests.get(f"{stack.api}/{project}/builds/latest", headers=forged,
+                     allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == f"{stack.url}/{project}/builds/a.bin"
+    assert requests.get(f"{stack.api}/{project}/report", headers=forged
+                        ).json()["url"] == f"{stack.url}/{project}/report/"
+    # A host name that is not artstore's never reaches the service at all.
+    r = requests.post(f"{stack.api}/{project}y", json={"items": {}},
+                      headers={**auth, "Host": "evil.example"})
+    assert r.status_code in (404, 405) and "X-Request-Id" not in r.headers
+    assert requests.get(f"{stack.api}/{project}y").status_code == 404
+
+
 def logged(read: Callable[[], list[dict[str, Any]]], ids: set[str]
            ) -> dict[str, dict[str, Any]]:
     """Access log entries by request id; a line is written just after its answer."""
