@@ -534,7 +534,8 @@ def create_files_app(settings: Settings) -> Flask:
             target = os.path.join(target, "index.html")
         if not os.path.isfile(target):
             raise NotFound(f"/{path} is not published")
-        return send_file(target, request.environ, max_age=0, conditional=True)
+        # "no-cache" alone, as the sample nginx config sends for every published file.
+        return send_file(target, request.environ, max_age=None, conditional=True)
 
     app.add_url_rule("/", "root", serve)
     app.add_url_rule("/<path:path>", "serve", serve)

@@ -147,7 +147,7 @@ def test_a_tgz_site_uploaded_with_curl_is_served_by_nginx(stack: Stack, project:
     css = requests.get(upload["url"] + "style.css")
     assert css.content == SITE["style.css"]
     assert css.headers["Content-Type"].startswith("text/css")
-    assert css.headers["Cache-Control"] == "public, max-age=600"
+    assert css.headers["Cache-Control"] == "no-cache"
     assert requests.get(upload["url"] + "guide/intro.html").content == SITE["guide/intro.html"]
     # Revalidation works: nginx sends validators and answers 304.
     again = requests.get(upload["url"], headers={"If-None-Match": page.headers["ETag"]})
@@ -162,6 +162,36 @@ def test_a_tgz_site_uploaded_with_curl_is_served_by_nginx(stack: Stack, project:
     item = requests.get(f"{stack.api}/{project}/docs").json()
     assert item["live"] == upload["release"]
     assert item["url"] == f"{stack.url}/{project}/docs/"
+
+
+def test_a_republished_file_is_revalidated_and_comes_back_new(stack: Stack, project: str,
+                                                              tmp_path: Path) -> None:
+    """Sphinx loads searchindex.js without a version query: a cached copy must not outlive
+    a publish, so every published file is revalidated (ETag, Last-Modified) each time."""
+    auth = f"Authorization: Bearer {stack.token}"
+    old = b"Search.setIndex({docnames: ['index']})"
+    new = b"Search.setIndex({docnames: ['index', 'changes']})"
+    url = f"{stack.url}/{project}/docs/_static/searchindex.js"
+    seen = []
+    for body in (old, new):
+        make_tgz(tmp_path / "site.tgz", {"index.html": b"<h1>docs</h1>",
+                                         "_static/searchindex.js": body})
+        r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H", auth, cwd=tmp_path)
+        assert r.status == 201, r.body
+        if seen:
+            # What a browser holding the old copy asks: it gets the new bytes.
+            again = requests.get(url, headers={
+                "If-None-Match": seen[-1].headers["ETag"],
+                "If-Modified-Since": seen[-1].headers["Last-Modified"]})
+            assert again.status_code == 200 and again.content == body
+        got = requests.get(url)
+        assert got.content == body
+        assert got.headers["Cache-Control"] == "no-cache"
+        assert "max-age" not in got.headers["Cache-Control"] and "Expires" not in got.headers
+        assert got.headers["ETag"] and got.headers["Last-Modified"]
+        assert requests.get(url, headers={"If-None-Match": got.headers["ETag"]}
+                            ).status_code == 304
+        seen.append(got)
 
 
 def test_a_zip_site_put_with_curl_replaces_the_live_one(stack: Stack, project: str,
