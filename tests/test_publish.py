@@ -120,8 +120,20 @@ def test_html_multipart_keeps_its_sanitised_name(client: Any, settings: Any,
                                                  demo: None) -> None:
     r = post(client, "/demo/report", b"<p>cov</p>", "reports/cov.html")
     assert r.status_code == 201, r.get_json()
-    assert live_files(settings, "demo", "report") == {"cov.html": b"<p>cov</p>"}
+    assert live_files(settings, "demo", "report")["cov.html"] == b"<p>cov</p>"
     assert r.get_json()["url"] == "http://localhost/demo/report/cov.html"
+
+
+def test_an_html_file_not_named_index_html_is_also_its_items_index(client: Any, settings: Any,
+                                                                  demo: None) -> None:
+    """So /<project>/<item>/ shows it on any static server; its own name works too."""
+    r = post(client, "/demo/report", b"<p>cov</p>", "results.html")
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["files"] == 1
+    assert live_files(settings, "demo", "report") == {"index.html": b"<p>cov</p>",
+                                                     "results.html": b"<p>cov</p>"}
+    live = settings.base_path / "demo" / "report"
+    assert os.path.samefile(live / "index.html", live / "results.html")  # one file
 
 
 def test_html_raw_put_without_filename_is_index_html(client: Any, settings: Any,

@@ -191,6 +191,9 @@ def test_readme_curl_examples_work_as_written(embedded: Server, tmp_path: Path) 
     r = requests.get(f"{embedded.url}/demo/builds").json()
     assert [f["name"] for f in r["files"]] == ["tool-1.0.bin"]
     assert requests.get(f"{embedded.root}/demo/report/report.html").text == "<p>all green</p>\n"
+    # The project page links the item's URL, which shows the report too.
+    assert 'href="report/"' in requests.get(f"{embedded.root}/demo/").text
+    assert requests.get(f"{embedded.root}/demo/report/").text == "<p>all green</p>\n"
 
 
 def test_embedded_file_server_redirects_a_directory_with_an_encoded_location(

@@ -404,6 +404,10 @@ class Store:
                 name = _html_name(filename)
                 _check_html(upload)
                 _place(upload, stage / name)
+                if name != "index.html":
+                    # The item's URL, which the project page links, shows it on any static
+                    # server: the same file under a second name, not a copy.
+                    os.link(stage / name, stage / "index.html")
                 files, page = 1, ("" if name == "index.html" else quote(name))
             else:
                 if not archive.sniff(conf["type"], str(upload.path)):

@@ -250,6 +250,22 @@ def test_an_html_report_and_collection_files_are_served(stack: Stack, project: s
     assert requests.get(files[1]["url"]).status_code == 404
 
 
+def test_an_html_report_not_named_index_html_is_shown_at_its_item_url(
+        stack: Stack, project: str, tmp_path: Path) -> None:
+    (tmp_path / "results.html").write_text("<p>all green</p>")
+    r = curl("-X", "POST", f"{stack.api}/{project}/report", "-H",
+             f"Authorization: Bearer {stack.token}", "-F", "item=@results.html", cwd=tmp_path)
+    assert r.status == 201, r.body
+    assert requests.get(r.json()["url"]).text == "<p>all green</p>"
+    # The project page links the item's directory: nginx shows the report there.
+    page = requests.get(f"{stack.url}/{project}/").text
+    link = re.search(r'href="(report[^"]*)"', page)
+    assert link, page
+    shown = requests.get(f"{stack.url}/{project}/{link.group(1)}")
+    assert shown.status_code == 200 and shown.text == "<p>all green</p>"
+    assert shown.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
 def test_dot_paths_are_never_served(stack: Stack, project: str, tmp_path: Path) -> None:
     make_tgz(tmp_path / "site.tgz", SITE)
     r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H",
