@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import pytest
 import requests
+from requests.structures import CaseInsensitiveDict
 
 from ..conftest import free_port
 from .conftest import (
@@ -32,6 +33,16 @@ from .conftest import (
 )
 
 PROBLEM = "application/problem+json"
+# What every API answer carries, nginx's own errors too: nothing in it runs, is framed,
+# embedded by another site's page or sniffed into something else.
+API_HARDENING = {"Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+                 "Cross-Origin-Resource-Policy": "same-origin",
+                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def hardened(headers: Any) -> bool:
+    headers = CaseInsensitiveDict(headers)
+    return all(headers.get(name) == value for name, value in API_HARDENING.items())
 SITE = {
     "index.html": b"<!doctype html><title>Docs</title><h1>Docs v1</h1>",
     "style.css": b"h1 { color: teal }",
@@ -194,6 +205,28 @@ def test_a_republished_file_is_revalidated_and_comes_back_new(stack: Stack, proj
         seen.append(got)
 
 
+def test_api_answers_are_hardened_and_published_files_get_only_what_costs_them_nothing(
+        stack: Stack, project: str, tmp_path: Path) -> None:
+    make_tgz(tmp_path / "site.tgz", SITE)
+    r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H",
+             f"Authorization: Bearer {stack.token}", cwd=tmp_path)
+    assert r.status == 201 and hardened(r.headers), r.headers
+    for url in (f"{stack.api}/", f"{stack.api}/{project}", f"{stack.api}/{project}/nothing",
+                f"{stack.api}/_openapi.json"):
+        answer = requests.get(url)
+        assert hardened(answer.headers), (url, answer.headers)
+        assert len(answer.headers["Content-Security-Policy"].split(",")) == 1  # sent once
+    for path in ("/", f"/{project}/", f"/{project}/docs/", f"/{project}/docs/style.css"):
+        answer = requests.get(stack.url + path)
+        assert answer.status_code == 200, path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+        # What would break a published site: its scripts, its frames, its embedding.
+        for costly in ("Content-Security-Policy", "X-Frame-Options",
+                       "Cross-Origin-Resource-Policy", "Cross-Origin-Embedder-Policy"):
+            assert costly not in answer.headers, (path, costly)
+
+
 def test_a_zip_site_put_with_curl_replaces_the_live_one(stack: Stack, project: str,
                                                         tmp_path: Path) -> None:
     auth = f"Authorization: Bearer {stack.token}"
@@ -309,6 +342,7 @@ def test_oversize_uploads_get_413_problem_json_and_leave_the_live_release(
         problem = r.json()
         assert problem["status"] == 413 and problem["title"], how
         assert "limit" in problem["detail"] and problem["request_id"], how
+        assert hardened(r.headers), how
     assert requests.get(f"{stack.url}/{project}/report/").text == "<p>v1</p>"
     assert curl("-T", "report.html", f"{stack.api}/{project}/report", "-H", auth,
                 cwd=tmp_path).status == 201
@@ -454,6 +488,7 @@ def test_nginx_answers_502_as_problem_json_when_the_service_is_down(tmp_path: Pa
         assert r.status_code == 502
         assert r.headers["Content-Type"] == PROBLEM
         assert r.json()["title"] == "Bad Gateway" and r.json()["request_id"]
+        assert hardened(r.headers)
         # Published files do not depend on the service.
         (tmp_path / "public" / "index.html").write_text("<h1>files</h1>")
         assert requests.get(nginx.url + "/").text == "<h1>files</h1>"
