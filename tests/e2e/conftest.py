@@ -115,11 +115,11 @@ def access_entries(log: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def write_state(state: Path, base_path: str, temp_path: str) -> None:
+def write_state(state: Path, base_path: str, temp_path: str, **settings: Any) -> None:
     """The artstore.json of the README's deployment, with a small upload limit."""
     state.mkdir(parents=True, exist_ok=True)
     config = {"base_path": base_path, "temp_path": temp_path, "trusted_proxies": 1,
-              "max_upload_bytes": APP_LIMIT}
+              "max_upload_bytes": APP_LIMIT, **settings}
     (state / "artstore.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -228,14 +228,16 @@ class Nginx:
 
 
 def start_nginx(folder: Path, upstream: int, root: Path, *, port: int | None = None,
-                site: Path = DEPLOY / "default.conf",
-                names: dict[str, str] | None = None) -> Nginx:
+                site: Path = DEPLOY / "default.conf", names: dict[str, str] | None = None,
+                edits: dict[str, str] | None = None) -> Nginx:
     """Debian's nginx set up as the README says, ``site`` in place of default.conf, in
-    front of the service on ``upstream``. ``names`` replaces its server names."""
+    front of the service on ``upstream``. ``names`` replaces its server names, ``edits``
+    any other value its comments say to set."""
     assert NGINX is not None
     port = port or free_port()
-    edits = {f"server_name {old};": f"server_name {new};"
-             for old, new in (names or {"ci.example.com": SERVER_NAME}).items()}
+    edits = {**{f"server_name {old};": f"server_name {new};"
+                for old, new in (names or {"ci.example.com": SERVER_NAME}).items()},
+             **(edits or {})}
     edits.update({
         "root /srv/artstore/public;": f"root {root};",
         "proxy_pass http://127.0.0.1:8080/;": f"proxy_pass http://127.0.0.1:{upstream}/;",
@@ -290,10 +292,10 @@ class Stack:
         return access_entries(self.service_log)
 
 
-def start_gunicorn(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_gunicorn(folder: Path, **settings: Any) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The README's production command, on a free loopback port."""
     state = folder / "state"
-    write_state(state, str(folder / "srv" / "public"), str(folder / "srv" / "tmp"))
+    write_state(state, str(folder / "srv" / "public"), str(folder / "srv" / "tmp"), **settings)
     port = free_port()
     gunicorn = Path(sys.executable).with_name("gunicorn")
     command = ([str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"])
