@@ -6,6 +6,7 @@ Chromium and chromedriver are Debian packages (``chromium``, ``chromium-driver``
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import tarfile
@@ -91,13 +92,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One headless Chromium for the module; each test starts by loading a page."""
+@contextlib.contextmanager
+def chromium(folder: Path, *args: str) -> Iterator[Any]:
+    """A headless Chromium driven by selenium, its profile and driver log in ``folder``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    tmp_path = tmp_path_factory.mktemp("chromium")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     # Root in a container, no network: without these Chromium hangs or refuses to start.
@@ -105,18 +105,25 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 "--disable-quic", "--no-first-run", "--no-default-browser-check",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--disable-extensions", "--window-size=1280,900",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+                f"--user-data-dir={folder / 'chromium-profile'}", *args]:
         options.add_argument(arg)
     # Leave any dialog open so the test can see it, instead of an exception at a random step.
     options.unhandled_prompt_behavior = "ignore"
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log"))
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(folder / "driver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     try:
         driver.set_page_load_timeout(30)
-        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SPY})
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium for the module; each test starts by loading a page."""
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SPY})
+        yield driver
 
 
 def _no_dialog(driver: Any) -> None:

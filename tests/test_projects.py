@@ -277,3 +277,22 @@ def test_a_project_stored_before_creation_ids_existed_still_loads(settings: Any)
     (settings.state_dir / "projects.json").write_text(json.dumps({"old": {"items": {}}}))
     assert Registry(settings.state_dir).get("old") == {"description": "", "items": {},
                                                        "created": ""}
+
+
+def test_behind_a_trusted_proxy_urls_follow_its_forwarded_host_but_not_a_forwarded_port(
+        tmp_path: Path) -> None:
+    """The sample nginx sets X-Forwarded-Host (with its port), -Proto, -For and -Prefix
+    and clears X-Forwarded-Port; a proxy that passed the client's on must not change URLs."""
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+
+    from .conftest import write_config
+
+    config = write_config(tmp_path / "s", trusted_proxies=1)
+    app = create_app(settings_mod.load(config, environ={}),
+                     environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+    proxy = {"X-Forwarded-Host": "ci.example.com:8443", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Prefix": "/artstore", "X-Forwarded-Port": "6666"}
+    r = app.test_client().post("/demo", json={"items": ITEMS}, headers={**AUTH, **proxy})
+    assert r.status_code == 201
+    assert r.headers["Location"] == "https://ci.example.com:8443/artstore/demo"

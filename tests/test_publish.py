@@ -120,14 +120,86 @@ def test_html_multipart_keeps_its_sanitised_name(client: Any, settings: Any,
                                                  demo: None) -> None:
     r = post(client, "/demo/report", b"<p>cov</p>", "reports/cov.html")
     assert r.status_code == 201, r.get_json()
-    assert live_files(settings, "demo", "report") == {"cov.html": b"<p>cov</p>"}
+    assert live_files(settings, "demo", "report")["cov.html"] == b"<p>cov</p>"
     assert r.get_json()["url"] == "http://localhost/demo/report/cov.html"
+
+
+def test_an_html_file_not_named_index_html_is_also_its_items_index(client: Any, settings: Any,
+                                                                  demo: None) -> None:
+    """So /<project>/<item>/ shows it on any static server; its own name works too."""
+    r = post(client, "/demo/report", b"<p>cov</p>", "results.html")
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["files"] == 1
+    assert live_files(settings, "demo", "report") == {"index.html": b"<p>cov</p>",
+                                                     "results.html": b"<p>cov</p>"}
+    live = settings.base_path / "demo" / "report"
+    assert os.path.samefile(live / "index.html", live / "results.html")  # one file
 
 
 def test_html_raw_put_without_filename_is_index_html(client: Any, settings: Any,
                                                      demo: None) -> None:
     assert client.put("/demo/report", data=b"<p>x</p>", headers=AUTH).status_code == 201
     assert live_files(settings, "demo", "report") == {"index.html": b"<p>x</p>"}
+
+
+# coverage.py's htmlcov/index.html, cut down: it needs files beside it.
+HTMLCOV_INDEX = b"""<!DOCTYPE html><html><head>
+<link rel="icon" sizes="32x32" href="favicon_32.png">
+<link rel="stylesheet" href="style.css" type="text/css">
+<script src="coverage_html.js" defer></script></head><body>
+<img src="keybd_closed.png" srcset="keybd_closed.png 1x, keybd_closed@2x.png 2x" alt="">
+<a href="d_7d5e2a1c_api_py.html">api.py</a> <a href="d_7d5e2a1c_api_py.html#t12">12</a>
+<a href="d_7d5e2a1c_store_py.html">store.py</a> <a href="sub%20dir/">a folder</a>
+<a href="#top">top</a> <a href="?sort=name">sorted</a> <a href="index.html">this page</a>
+<a href="./">here</a> <a href="../">up</a> <a href="/">root</a> <a href="//cdn.example/x.js">cdn</a>
+<a href="https://coverage.readthedocs.io">coverage.py</a> <a href="mailto:a@example.com">mail</a>
+<a href="javascript:void(0)">js</a> <img src="data:image/png;base64,iVBORw0KGgo=">
+<img srcset="data:image/png;base64,AAA 1x, data:image/png;base64,BBB 2x">
+</body></html>"""
+
+
+def test_an_html_page_that_needs_files_beside_it_is_published_with_a_warning_naming_them(
+        client: Any, settings: Any, demo: None) -> None:
+    r = post(client, "/demo/report", HTMLCOV_INDEX, "htmlcov/index.html")
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["warnings"] == [
+        "index.html refers to 8 relative files that an html item does not publish "
+        "(favicon_32.png, style.css, coverage_html.js, keybd_closed.png, "
+        "keybd_closed@2x.png, ...): push the directory to a tgz or zip item instead"]
+    assert live_files(settings, "demo", "report") == {"index.html": HTMLCOV_INDEX}
+
+
+def test_a_self_contained_html_report_is_published_without_a_warning(
+        client: Any, settings: Any, demo: None) -> None:
+    page = (b'<!doctype html><style>p{}</style><script>const x = "<a href=a.html>";</script>'
+            b'<a href="#s1">s1</a><a href="report.html#s2">s2</a><a href="../">project</a>'
+            b'<img src="data:image/svg+xml,%3Csvg%3E"><a href="https://example.com/a.css">a</a>')
+    r = post(client, "/demo/report", page, "report.html")
+    assert r.status_code == 201 and r.get_json()["warnings"] == []
+    # A <base> makes relative URLs point elsewhere: nothing to tell then.
+    r = post(client, "/demo/report", b'<base href="https://example.com/"><link href=a.css>',
+             "report.html")
+    assert r.status_code == 201 and r.get_json()["warnings"] == []
+
+
+def test_only_the_start_of_a_large_html_file_is_searched_for_relative_files(
+        client: Any, settings: Any, demo: None) -> None:
+    """Bounded work: a big self-contained report costs no more than its first MiB."""
+    filler = b"<p>" + b"x" * 1000 + b"</p>\n"
+    late = filler * (1024 + 100) + b'<link rel="stylesheet" href="late.css">'
+    # A raw PUT: the test client spools a big multipart body to a file it never closes.
+    r = client.put("/demo/report?filename=big.html", data=late, headers=AUTH)
+    assert r.status_code == 201 and r.get_json()["warnings"] == []
+    many = b"".join(b'<a href="p%d.html">%d</a>' % (i, i) for i in range(5000))
+    r = post(client, "/demo/report", many, "many.html")
+    assert r.status_code == 201
+    assert r.get_json()["warnings"][0].startswith(
+        "many.html refers to 1000 or more relative files that an html item does not publish "
+        "(p0.html, p1.html, p2.html, p3.html, p4.html, ...)")
+    r = post(client, "/demo/report", b'<link href="a.css">', "one.html")
+    assert r.get_json()["warnings"] == [
+        "one.html refers to 1 relative file that an html item does not publish (a.css): "
+        "push the directory to a tgz or zip item instead"]
 
 
 @pytest.mark.parametrize("data,filename", [(b"\x00\x01binary", "r.html"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -214,6 +216,9 @@ def test_readme_curl_examples_work_as_written(embedded: Server, tmp_path: Path) 
     r = requests.get(f"{embedded.url}/demo/builds").json()
     assert [f["name"] for f in r["files"]] == ["tool-1.0.bin"]
     assert requests.get(f"{embedded.root}/demo/report/report.html").text == "<p>all green</p>\n"
+    # The project page links the item's URL, which shows the report too.
+    assert 'href="report/"' in requests.get(f"{embedded.root}/demo/").text
+    assert requests.get(f"{embedded.root}/demo/report/").text == "<p>all green</p>\n"
 
 
 def test_embedded_file_server_redirects_a_directory_with_an_encoded_location(
@@ -228,3 +233,36 @@ def test_embedded_file_server_redirects_a_directory_with_an_encoded_location(
     assert r.status_code == 301 and r.headers["Location"].endswith("/demo/builds/")
     assert requests.get(f"{embedded.root}/demo/builds/a%20b.bin").content == b"x"
     assert requests.get(f"{embedded.root}/demo/.artstore").status_code == 404
+
+
+def test_the_embedded_file_server_has_every_published_file_revalidated(
+        embedded: Server, tmp_path: Path) -> None:
+    """Like the sample nginx: no max-age, validators, the new bytes after a republish."""
+    token = (tmp_path / "artstore-data" / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    requests.post(f"{embedded.url}/demo", json={"items": {"docs": {"type": "tgz"}}},
+                  headers=auth).raise_for_status()
+    url = f"{embedded.root}/demo/docs/_static/searchindex.js"
+    seen: list[requests.Response] = []
+    for body in (b"Search.setIndex({a: 1})", b"Search.setIndex({a: 1, b: 2})"):
+        site = io.BytesIO()
+        with tarfile.open(fileobj=site, mode="w:gz") as tar:
+            for name, data in {"index.html": b"<h1>docs</h1>",
+                               "_static/searchindex.js": body}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        requests.put(f"{embedded.url}/demo/docs", data=site.getvalue(),
+                     headers=auth).raise_for_status()
+        if seen:
+            again = requests.get(url, headers={
+                "If-None-Match": seen[-1].headers["ETag"],
+                "If-Modified-Since": seen[-1].headers["Last-Modified"]})
+            assert again.status_code == 200 and again.content == body
+        got = requests.get(url)
+        assert got.content == body
+        assert got.headers["Cache-Control"] == "no-cache" and "Expires" not in got.headers
+        assert got.headers["ETag"] and got.headers["Last-Modified"]
+        assert requests.get(url, headers={"If-None-Match": got.headers["ETag"]}
+                            ).status_code == 304
+        seen.append(got)

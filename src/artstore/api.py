@@ -557,9 +557,12 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
             incoming.discard()
 
     if settings.trusted_proxies:
+        # Exactly the headers the sample nginx config sets (it clears X-Forwarded-Port):
+        # a header the proxy passes on unchanged would let a client pick the host or port
+        # of every URL the service returns.
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n,  # type: ignore
-                                x_port=n, x_prefix=n)
+                                x_port=0, x_prefix=n)
     return app
 
 
@@ -580,7 +583,8 @@ def create_files_app(settings: Settings) -> Flask:
             target = os.path.join(target, "index.html")
         if not os.path.isfile(target):
             raise NotFound(f"/{path} is not published")
-        return send_file(target, request.environ, max_age=0, conditional=True)
+        # "no-cache" alone, as the sample nginx config sends for every published file.
+        return send_file(target, request.environ, max_age=None, conditional=True)
 
     app.add_url_rule("/", "root", serve)
     app.add_url_rule("/<path:path>", "serve", serve)

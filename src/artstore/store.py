@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from . import archive, pages, storage
+from . import archive, htmlrefs, pages, storage
 from .errors import (
     BadRequest,
     Conflict,
@@ -430,7 +430,12 @@ class Store:
             if conf["type"] == "html":
                 name = _html_name(filename)
                 _check_html(upload)
+                warnings = _html_warnings(upload, name)
                 _place(upload, stage / name)
+                if name != "index.html":
+                    # The item's URL, which the project page links, shows it on any static
+                    # server: the same file under a second name, not a copy.
+                    os.link(stage / name, stage / "index.html")
                 files, page = 1, ("" if name == "index.html" else quote(name))
             else:
                 if not archive.sniff(conf["type"], str(upload.path)):
@@ -789,6 +794,14 @@ def _check_html(upload: Incoming) -> None:
         if b"\0" in chunk:
             raise UnsupportedType("an html item takes a text .html file; the upload holds "
                                   "NUL bytes, so it is not one")
+
+
+def _html_warnings(upload: Incoming, name: str) -> list[str]:
+    """A page that needs files an html item cannot hold is published, with a warning."""
+    upload.seek(0)
+    missing = htmlrefs.missing_files(iter(lambda: upload.read(CHUNK), b""), name)
+    said = htmlrefs.warning(name, missing)
+    return [said] if said else []
 
 
 def _place(upload: Incoming, target: Path) -> None:

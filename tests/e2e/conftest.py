@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -113,52 +115,99 @@ def access_entries(log: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def write_state(state: Path, base_path: str, temp_path: str) -> None:
+def write_state(state: Path, base_path: str, temp_path: str, **settings: Any) -> None:
     """The artstore.json of the README's deployment, with a small upload limit."""
     state.mkdir(parents=True, exist_ok=True)
     config = {"base_path": base_path, "temp_path": temp_path, "trusted_proxies": 1,
-              "max_upload_bytes": APP_LIMIT}
+              "max_upload_bytes": APP_LIMIT, **settings}
     (state / "artstore.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------ nginx
 
+DEBIAN_ETC = Path("/etc/nginx")
+README = ROOT / "README.md"
+# The values deploy/default.conf says to keep in step, as the test's copy sets them. The
+# listen port, log and pid paths are moved by localise() like those of Debian's files.
+SERVER_NAME = "127.0.0.1"
 
-def site_conf(folder: Path, listen: int, upstream: int, root: Path) -> str:
-    """deploy/default.conf with its paths, ports and body limit swapped for the test's."""
-    text = (DEPLOY / "default.conf").read_text()
-    for old, new in {
-        "listen 80;": f"listen 127.0.0.1:{listen};",
-        "root /srv/artstore/public;": f"root {root};",
-        "proxy_pass http://127.0.0.1:8080/;": f"proxy_pass http://127.0.0.1:{upstream}/;",
-        "client_max_body_size 2g;": f"client_max_body_size {NGINX_LIMIT};",
-        "access_log /var/log/nginx/access.log": f"access_log {folder}/access.log",
-    }.items():
-        assert text.count(old) == 1, f"deploy/default.conf no longer has {old!r} once"
+
+def readme_nginx_steps() -> list[list[str]]:
+    """The commands of the README's nginx step, each split as the shell would split it."""
+    text = README.read_text()
+    section = text[text.index("### 3. nginx"):text.index("### Metrics")]
+    found = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert found, "the README's nginx step has no sh block"
+    return [shlex.split(part, comments=True)
+            for line in found.group(1).splitlines() for part in line.split("&&")
+            if shlex.split(part, comments=True)]
+
+
+def localise(text: str, folder: Path, port: int) -> str:
+    """A file of /etc/nginx as it would be on this host, moved under ``folder``: port 80
+    becomes ``port`` on loopback (IPv6 dropped: the loopback may have none)."""
+    text = re.sub(r"^\s*listen\s+\[::\]:80\b[^;]*;\n", "", text, flags=re.M)
+    text = re.sub(r"\blisten\s+80\b", f"listen 127.0.0.1:{port}", text)
+    text = text.replace("/etc/nginx/", f"{folder}/").replace("/var/log/nginx/", f"{folder}/log/")
+    text = text.replace("pid /run/nginx.pid;", f"pid {folder}/nginx.pid;")
+    # As root, nginx's workers would switch to www-data, who cannot enter pytest's 0700
+    # temp directories; as anyone else, nginx cannot switch at all.
+    user = "user root;" if os.geteuid() == 0 else ""
+    return re.sub(r"^user\s+[^;]*;", user, text, flags=re.M)
+
+
+def debian_nginx(folder: Path, port: int) -> None:
+    """``folder`` as /etc/nginx is right after ``apt install nginx``: Debian's own nginx.conf,
+    which includes conf.d/*.conf and sites-enabled/*, and sites-enabled/default."""
+    shutil.copytree(DEBIAN_ETC, folder, symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("conf.d", "sites-enabled"))
+    (folder / "conf.d").mkdir()
+    (folder / "sites-enabled").mkdir()
+    (folder / "log").mkdir()
+    (folder / "sites-enabled" / "default").symlink_to(folder / "sites-available" / "default")
+    for name in ("nginx.conf", "sites-available/default"):
+        path = folder / name
+        path.write_text(localise(path.read_text(), folder, port))
+    # nginx's compiled-in temp paths are under /var/lib/nginx; the test's are its own.
+    temp = "".join(f"\n    {kind}_temp_path {folder}/{kind}_temp;"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = folder / "nginx.conf"
+    text = main.read_text()
+    assert text.count("\nhttp {") == 1, "Debian's nginx.conf no longer has one http block"
+    main.write_text(text.replace("\nhttp {", "\nhttp {" + temp, 1))
+
+
+def site_conf(source: Path, edits: dict[str, str], folder: Path, port: int) -> str:
+    """A sample site config with the values its comments say to set replaced."""
+    text = source.read_text()
+    for old, new in edits.items():
+        assert text.count(old) == 1, f"{source.name} no longer has {old!r} once"
         text = text.replace(old, new)
-    return text
+    return localise(text, folder, port)
 
 
-def nginx_conf(folder: Path) -> str:
-    """A main nginx.conf like Debian's, everything under ``folder``, including the site."""
-    temp = "\n".join(f"    {kind}_temp_path {folder}/{kind}_temp;"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    # As root, nginx's workers would switch to nobody, who cannot enter pytest's 0700
-    # temp directories.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 2;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-{temp}
-    include {folder}/default.conf;
-}}
-"""
+def follow_readme(folder: Path, port: int, site: Path, edits: dict[str, str]) -> None:
+    """Do the README's nginx step in ``folder``, /etc/nginx's stand-in, with ``site`` for
+    deploy/default.conf; the test's nginx is started afterwards, so a reload is a no-op."""
+    assert NGINX is not None
+    for command in readme_nginx_steps():
+        paths = [Path(a.replace("/etc/nginx/", f"{folder}/")) for a in command[1:]
+                 if not a.startswith("-")]
+        if command[0] == "cp" and len(paths) == 2 and command[1] == "deploy/default.conf":
+            assert str(paths[1]).startswith(f"{folder}/"), command
+            paths[1].write_text(site_conf(site, edits, folder, port))
+        elif command[0] == "rm" and all(str(p).startswith(f"{folder}/") for p in paths):
+            for path in paths:
+                path.unlink(missing_ok="-f" in command)
+        elif command == ["nginx", "-t"]:
+            check = subprocess.run([NGINX, "-t", "-p", str(folder), "-e",
+                                    str(folder / "log" / "error.log"), "-c",
+                                    str(folder / "nginx.conf")], capture_output=True, text=True)
+            assert check.returncode == 0, check.stderr
+            (folder / "nginx-t.out").write_text(check.stderr)
+        elif command != ["nginx", "-s", "reload"]:
+            raise AssertionError(f"the README's nginx step runs {command!r}; teach "
+                                 f"tests/e2e/conftest.py what it does")
 
 
 @dataclass
@@ -166,22 +215,37 @@ class Nginx:
     url: str
     folder: Path
     proc: subprocess.Popen[bytes]
+    port: int = 0
 
     def access_log(self) -> list[dict[str, Any]]:
-        text = (self.folder / "access.log").read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """artstore's JSON lines (Debian's default site logs to the same file, unparsed)."""
+        text = (self.folder / "log" / "access.log").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def checked(self) -> str:
+        """What ``nginx -t`` said about the configuration (its warnings, if any)."""
+        return (self.folder / "nginx-t.out").read_text()
 
 
-def start_nginx(folder: Path, upstream: int, root: Path) -> Nginx:
+def start_nginx(folder: Path, upstream: int, root: Path, *, port: int | None = None,
+                site: Path = DEPLOY / "default.conf", names: dict[str, str] | None = None,
+                edits: dict[str, str] | None = None) -> Nginx:
+    """Debian's nginx set up as the README says, ``site`` in place of default.conf, in
+    front of the service on ``upstream``. ``names`` replaces its server names, ``edits``
+    any other value its comments say to set."""
     assert NGINX is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    (folder / "default.conf").write_text(site_conf(folder, port, upstream, root))
-    (folder / "nginx.conf").write_text(nginx_conf(folder))
-    log = folder / "error.log"
-    check = subprocess.run([NGINX, "-t", "-p", str(folder), "-e", str(log), "-c",
-                            str(folder / "nginx.conf")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
+    port = port or free_port()
+    edits = {**{f"server_name {old};": f"server_name {new};"
+                for old, new in (names or {"ci.example.com": SERVER_NAME}).items()},
+             **(edits or {})}
+    edits.update({
+        "root /srv/artstore/public;": f"root {root};",
+        "proxy_pass http://127.0.0.1:8080/;": f"proxy_pass http://127.0.0.1:{upstream}/;",
+        "client_max_body_size 2g;": f"client_max_body_size {NGINX_LIMIT};",
+    })
+    debian_nginx(folder, port)
+    follow_readme(folder, port, site, edits)
+    log = folder / "log" / "error.log"
     out = open(folder / "nginx.out", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([NGINX, "-p", str(folder), "-e", str(log), "-c",
                              str(folder / "nginx.conf"), "-g", "daemon off;"],
@@ -194,7 +258,7 @@ def start_nginx(folder: Path, upstream: int, root: Path) -> Nginx:
             raise RuntimeError(f"nginx exited:\n{log.read_text(errors='replace')}")
         try:
             requests.get(url + "/", timeout=5)
-            return Nginx(url, folder, proc)
+            return Nginx(url, folder, proc, port)
         except requests.RequestException:
             time.sleep(0.1)
     stop(proc)
@@ -228,12 +292,12 @@ class Stack:
         return access_entries(self.service_log)
 
 
-def start_gunicorn(folder: Path, admin_token: str | None = ADMIN
-                   ) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_gunicorn(folder: Path, admin_token: str | None = ADMIN,
+                   **settings: Any) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The README's production command, on a free loopback port; ``admin_token`` None
-    lets the service make one in the state directory."""
+    lets the service make one in the state directory; ``settings`` go to artstore.json."""
     state = folder / "state"
-    write_state(state, str(folder / "srv" / "public"), str(folder / "srv" / "tmp"))
+    write_state(state, str(folder / "srv" / "public"), str(folder / "srv" / "tmp"), **settings)
     port = free_port()
     gunicorn = Path(sys.executable).with_name("gunicorn")
     command = ([str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"])

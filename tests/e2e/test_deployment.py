@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import pytest
 import requests
+from requests.structures import CaseInsensitiveDict
 
 from ..conftest import free_port
 from .conftest import (
@@ -33,6 +34,16 @@ from .conftest import (
 )
 
 PROBLEM = "application/problem+json"
+# What every API answer carries, nginx's own errors too: nothing in it runs, is framed,
+# embedded by another site's page or sniffed into something else.
+API_HARDENING = {"Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+                 "Cross-Origin-Resource-Policy": "same-origin",
+                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def hardened(headers: Any) -> bool:
+    headers = CaseInsensitiveDict(headers)
+    return all(headers.get(name) == value for name, value in API_HARDENING.items())
 SITE = {
     "index.html": b"<!doctype html><title>Docs</title><h1>Docs v1</h1>",
     "style.css": b"h1 { color: teal }",
@@ -101,6 +112,19 @@ def project(stack: Stack, request: pytest.FixtureRequest) -> str:
     return name
 
 
+def test_the_readmes_nginx_step_on_a_fresh_debian_nginx_reaches_the_service(stack: Stack
+                                                                          ) -> None:
+    """The stack's nginx is Debian's /etc/nginx with the README's step done to it."""
+    assert "warn" not in stack.nginx.checked(), stack.nginx.checked()
+    r = requests.get(stack.api + "/_health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    # Another host name is Debian's default site's, never artstore's.
+    other = {"Host": "other.example"}
+    r = requests.get(stack.api + "/_health", headers=other)
+    assert r.status_code == 404 and "X-Request-Id" not in r.headers
+    assert "Welcome to nginx" in requests.get(stack.url + "/", headers=other).text
+
+
 def test_a_project_is_created_through_nginx_with_urls_under_the_prefix(stack: Stack) -> None:
     r = create_project(stack, "demo")
     assert r.status == 201, r.body
@@ -135,7 +159,7 @@ def test_a_tgz_site_uploaded_with_curl_is_served_by_nginx(stack: Stack, project:
     css = requests.get(upload["url"] + "style.css")
     assert css.content == SITE["style.css"]
     assert css.headers["Content-Type"].startswith("text/css")
-    assert css.headers["Cache-Control"] == "public, max-age=600"
+    assert css.headers["Cache-Control"] == "no-cache"
     assert requests.get(upload["url"] + "guide/intro.html").content == SITE["guide/intro.html"]
     # Revalidation works: nginx sends validators and answers 304.
     again = requests.get(upload["url"], headers={"If-None-Match": page.headers["ETag"]})
@@ -150,6 +174,58 @@ def test_a_tgz_site_uploaded_with_curl_is_served_by_nginx(stack: Stack, project:
     item = requests.get(f"{stack.api}/{project}/docs").json()
     assert item["live"] == upload["release"]
     assert item["url"] == f"{stack.url}/{project}/docs/"
+
+
+def test_a_republished_file_is_revalidated_and_comes_back_new(stack: Stack, project: str,
+                                                              tmp_path: Path) -> None:
+    """Sphinx loads searchindex.js without a version query: a cached copy must not outlive
+    a publish, so every published file is revalidated (ETag, Last-Modified) each time."""
+    auth = f"Authorization: Bearer {stack.token}"
+    old = b"Search.setIndex({docnames: ['index']})"
+    new = b"Search.setIndex({docnames: ['index', 'changes']})"
+    url = f"{stack.url}/{project}/docs/_static/searchindex.js"
+    seen = []
+    for body in (old, new):
+        make_tgz(tmp_path / "site.tgz", {"index.html": b"<h1>docs</h1>",
+                                         "_static/searchindex.js": body})
+        r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H", auth, cwd=tmp_path)
+        assert r.status == 201, r.body
+        if seen:
+            # What a browser holding the old copy asks: it gets the new bytes.
+            again = requests.get(url, headers={
+                "If-None-Match": seen[-1].headers["ETag"],
+                "If-Modified-Since": seen[-1].headers["Last-Modified"]})
+            assert again.status_code == 200 and again.content == body
+        got = requests.get(url)
+        assert got.content == body
+        assert got.headers["Cache-Control"] == "no-cache"
+        assert "max-age" not in got.headers["Cache-Control"] and "Expires" not in got.headers
+        assert got.headers["ETag"] and got.headers["Last-Modified"]
+        assert requests.get(url, headers={"If-None-Match": got.headers["ETag"]}
+                            ).status_code == 304
+        seen.append(got)
+
+
+def test_api_answers_are_hardened_and_published_files_get_only_what_costs_them_nothing(
+        stack: Stack, project: str, tmp_path: Path) -> None:
+    make_tgz(tmp_path / "site.tgz", SITE)
+    r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H",
+             f"Authorization: Bearer {stack.token}", cwd=tmp_path)
+    assert r.status == 201 and hardened(r.headers), r.headers
+    for url in (f"{stack.api}/", f"{stack.api}/{project}", f"{stack.api}/{project}/nothing",
+                f"{stack.api}/_openapi.json"):
+        answer = requests.get(url)
+        assert hardened(answer.headers), (url, answer.headers)
+        assert len(answer.headers["Content-Security-Policy"].split(",")) == 1  # sent once
+    for path in ("/", f"/{project}/", f"/{project}/docs/", f"/{project}/docs/style.css"):
+        answer = requests.get(stack.url + path)
+        assert answer.status_code == 200, path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+        # What would break a published site: its scripts, its frames, its embedding.
+        for costly in ("Content-Security-Policy", "X-Frame-Options",
+                       "Cross-Origin-Resource-Policy", "Cross-Origin-Embedder-Policy"):
+            assert costly not in answer.headers, (path, costly)
 
 
 def test_a_zip_site_put_with_curl_replaces_the_live_one(stack: Stack, project: str,
@@ -208,6 +284,22 @@ def test_an_html_report_and_collection_files_are_served(stack: Stack, project: s
     assert requests.get(files[1]["url"]).status_code == 404
 
 
+def test_an_html_report_not_named_index_html_is_shown_at_its_item_url(
+        stack: Stack, project: str, tmp_path: Path) -> None:
+    (tmp_path / "results.html").write_text("<p>all green</p>")
+    r = curl("-X", "POST", f"{stack.api}/{project}/report", "-H",
+             f"Authorization: Bearer {stack.token}", "-F", "item=@results.html", cwd=tmp_path)
+    assert r.status == 201, r.body
+    assert requests.get(r.json()["url"]).text == "<p>all green</p>"
+    # The project page links the item's directory: nginx shows the report there.
+    page = requests.get(f"{stack.url}/{project}/").text
+    link = re.search(r'href="(report[^"]*)"', page)
+    assert link, page
+    shown = requests.get(f"{stack.url}/{project}/{link.group(1)}")
+    assert shown.status_code == 200 and shown.text == "<p>all green</p>"
+    assert shown.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
 def test_dot_paths_are_never_served(stack: Stack, project: str, tmp_path: Path) -> None:
     make_tgz(tmp_path / "site.tgz", SITE)
     r = curl("-T", "site.tgz", f"{stack.api}/{project}/docs", "-H",
@@ -251,6 +343,7 @@ def test_oversize_uploads_get_413_problem_json_and_leave_the_live_release(
         problem = r.json()
         assert problem["status"] == 413 and problem["title"], how
         assert "limit" in problem["detail"] and problem["request_id"], how
+        assert hardened(r.headers), how
     assert requests.get(f"{stack.url}/{project}/report/").text == "<p>v1</p>"
     assert curl("-T", "report.html", f"{stack.api}/{project}/report", "-H", auth,
                 cwd=tmp_path).status == 201
@@ -314,6 +407,45 @@ def test_the_service_logs_the_client_and_request_id_nginx_passes(stack: Stack, p
     assert logged(stack.nginx.access_log, {generated})[generated]["status"] == 404
 
 
+# Every header some part of the service could take a host, port, scheme or prefix from
+# (werkzeug's ProxyFix, gunicorn's secure scheme and forwarder headers), as a client
+# would make them up.
+FORGED = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "6666",
+          "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/evil",
+          "X-Forwarded-Ssl": "on", "X-Forwarded-Protocol": "ssl",
+          "Forwarded": "for=203.0.113.9;host=evil.example;proto=https",
+          "X-Forwarded-Server": "evil.example", "SCRIPT_NAME": "/evil"}
+
+
+def test_urls_the_service_returns_never_take_a_host_or_port_from_the_client(
+        stack: Stack, project: str) -> None:
+    # A Host that nginx matches to artstore's server_name, with a port of the client's
+    # choosing, and every forwarded header made up.
+    forged = {**FORGED, "Host": "127.0.0.1:6666"}
+    auth = {**stack.auth, **forged}
+    r = requests.post(f"{stack.api}/{project}x", json={"items": {}}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"{stack.api}/{project}x"
+    r = requests.put(f"{stack.api}/{project}/report", data=b"<p>r</p>", headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"{stack.api}/{project}/report"
+    assert r.json()["url"] == f"{stack.url}/{project}/report/"
+    r = requests.put(f"{stack.api}/{project}/builds", params={"filename": "a.bin"}, data=b"a",
+                     headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == f"{stack.url}/{project}/builds/a.bin"
+    r = requests.get(f"{stack.api}/{project}/builds/latest", headers=forged,
+                     allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == f"{stack.url}/{project}/builds/a.bin"
+    assert requests.get(f"{stack.api}/{project}/report", headers=forged
+                        ).json()["url"] == f"{stack.url}/{project}/report/"
+    # A host name that is not artstore's never reaches the service at all.
+    r = requests.post(f"{stack.api}/{project}y", json={"items": {}},
+                      headers={**auth, "Host": "evil.example"})
+    assert r.status_code in (404, 405) and "X-Request-Id" not in r.headers
+    assert requests.get(f"{stack.api}/{project}y").status_code == 404
+
+
 def logged(read: Callable[[], list[dict[str, Any]]], ids: set[str]
            ) -> dict[str, dict[str, Any]]:
     """Access log entries by request id; a line is written just after its answer."""
@@ -371,6 +503,7 @@ def test_nginx_answers_502_as_problem_json_when_the_service_is_down(tmp_path: Pa
         assert r.status_code == 502
         assert r.headers["Content-Type"] == PROBLEM
         assert r.json()["title"] == "Bad Gateway" and r.json()["request_id"]
+        assert hardened(r.headers)
         # Published files do not depend on the service.
         (tmp_path / "public" / "index.html").write_text("<h1>files</h1>")
         assert requests.get(nginx.url + "/").text == "<h1>files</h1>"
