@@ -357,6 +357,14 @@ def openapi() -> Any:
     return document(request.script_root)
 
 
+def whoami() -> Any:
+    """Who the bearer token is: lets a client stop before it sends a large body."""
+    who = caller()
+    if who.anonymous:
+        raise Unauthorized("this call needs a bearer token")
+    return {"admin": who.admin, "project": who.project}
+
+
 def metrics() -> Any:
     may_read()
     return Response(services().metrics.render(), content_type=METRICS_TYPE)
@@ -478,6 +486,7 @@ ROUTES = [
     ("/_health", health, ["GET"]),
     ("/_openapi.json", openapi, ["GET"]),
     ("/_metrics", metrics, ["GET"]),
+    ("/_whoami", whoami, ["GET"]),
     ("/", list_projects, ["GET"]),
     ("/<name:project>", get_project, ["GET"]),
     ("/<name:project>", create_project, ["POST"]),
