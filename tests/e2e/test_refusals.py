@@ -9,8 +9,10 @@ behind Debian's nginx with deploy/default.conf.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +124,33 @@ def test_the_refusal_arrives_before_the_body_is_sent(
         code, sent = proc.stdout.split()
         assert int(code) == status, proc.stderr
         assert int(sent) < BODY, f"{status}: the whole body was sent first"
+
+
+def run_client(stack: Stack, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTSTORE_", "GITHUB_",
+                                                                     "CI_", "GIT_"))}
+    env.update({"ARTSTORE_URL": stack.api, "ARTSTORE_TOKEN": token})
+    return subprocess.run([sys.executable, "-m", "artstore.cli", "push", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_push_with_a_refused_token_sends_no_body_through_nginx(
+        stack: Stack, world: dict[str, str], big_file: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_bytes(os.urandom(BODY // 4))
+    seen = len(stack.nginx.access_log())
+    cases = [("not-a-token", ["demo/builds", str(big_file)],
+              "Error: HTTP 401: the bearer token is not valid\n"),
+             ("not-a-token", ["demo/docs", str(site)],
+              "Error: HTTP 401: the bearer token is not valid\n"),
+             (world["other_token"], ["demo/docs", str(site)],
+              "Error: HTTP 403: this token may not change project 'demo' (it is a token "
+              "of project 'other')\n")]
+    for token, args, message in cases:
+        result = run_client(stack, token, *args)
+        assert (result.returncode, result.stderr, result.stdout) == (3, message, "")
+    logged = stack.nginx.access_log()[seen:]
+    assert logged, "the client's calls should be in nginx's access log"
+    assert {e["method"] for e in logged} == {"GET"}, json.dumps(logged, indent=1)
+    assert max(int(e["body_bytes"]) for e in logged) < 4096  # request_length: headers only
