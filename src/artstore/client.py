@@ -312,6 +312,11 @@ class ArtstoreClient:
                 # Not a passing failure: a retry would fail the same way.
                 raise ClientError(None, _tls_failure(self.url, exc)) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
+                if _handshake_timed_out(exc):
+                    # A plain-http server may wait for a request line that never comes.
+                    raise ClientError(None, f"TLS handshake with {self.url} failed: no "
+                                            "answer in time; is the server plain "
+                                            "http://?") from None
                 error = ClientError(None, _no_answer(self.url, exc, attempt + 1))
             except requests.RequestException as exc:
                 raise ClientError(None, f"{method} {url} failed: {exc}") from None
@@ -347,6 +352,16 @@ def _tls_failure(url: str, exc: Exception) -> str:
         return (f"TLS handshake with {url} failed: is the server plain http://? "
                 f"(the answer was not TLS: {reason})")
     return f"TLS handshake with {url} failed: {reason}"
+
+
+def _handshake_timed_out(exc: BaseException) -> bool:
+    """Whether the TLS handshake timed out (requests reports it as a read timeout)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "handshake operation timed out" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _answer_error(response: requests.Response) -> ClientError:
