@@ -515,6 +515,12 @@ def test_json_prints_errors_on_stdout_too(store: Server, project: str, tmp_path:
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]
     assert error["status"] is None and "is an html item" in error["message"]
+    for args in (["push", "no-item-given", str(page), "--json"],
+                 ["project", "update", project, "--remove-item", "nope", "--json"]):
+        result = artstore(store, *args)
+        assert result.exit_code == 2
+        error = json.loads(result.stdout)["error"]
+        assert error["status"] is None and error["message"] in result.stderr
 
     url = f"http://127.0.0.1:{free_port()}/artstore"
     result = artstore(url, "project", "list", "--json")

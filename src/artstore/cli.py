@@ -92,6 +92,10 @@ class Main(click.Group):
             if ctx.meta.get(JSON_FLAG):
                 print_json(error_json(exc))
             ctx.exit(exit_status(exc))
+        except click.ClickException as exc:  # a bad argument, once --json was seen
+            if ctx.meta.get(JSON_FLAG):
+                print_json({"error": {"status": None, "message": exc.format_message()}})
+            raise
 
 
 def resolve_settings(config: str | None, data_dir: str) -> tuple[Settings, bool]:
