@@ -71,6 +71,14 @@ class UsageError(ClientError):
         super().__init__(None, message)
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """What ``push`` published: the item's type and the server's answer."""
+
+    kind: str
+    answer: dict[str, Any]
+
+
 def ci_metadata(environ: Mapping[str, str]) -> dict[str, str]:
     """``commit``, ``branch`` and ``pipeline`` from GitHub Actions, GitLab CI or Jenkins."""
     github_run = ""
@@ -308,15 +316,10 @@ class ArtstoreClient:
             try:
                 response = self.session.request(method, url, allow_redirects=False,
                                                 timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
-            except requests.exceptions.SSLError as exc:
-                # Not a passing failure: a retry would fail the same way.
-                raise ClientError(None, _tls_failure(self.url, exc)) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if _handshake_timed_out(exc):
-                    # A plain-http server may wait for a request line that never comes.
-                    raise ClientError(None, f"TLS handshake with {self.url} failed: no "
-                                            "answer in time; is the server plain "
-                                            "http://?") from None
+                tls = _tls_failure(self.url, exc)
+                if tls:  # not a passing failure: a retry would fail the same way
+                    raise ClientError(None, tls) from None
                 error = ClientError(None, _no_answer(self.url, exc, attempt + 1))
             except requests.RequestException as exc:
                 raise ClientError(None, f"{method} {url} failed: {exc}") from None
@@ -343,7 +346,18 @@ def _no_answer(url: str, exc: Exception, tries: int) -> str:
     return f"{where} {url}: {reason}" + (f" (tried {tries} times)" if tries > 1 else "")
 
 
-def _tls_failure(url: str, exc: Exception) -> str:
+def _tls_failure(url: str, exc: Exception) -> str | None:
+    """What went wrong in the TLS handshake, with a hint; None if it was not that."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        # requests reports a handshake that timed out as a read timeout: a plain-http
+        # server may wait for a request line that never comes (gunicorn 23 does).
+        if "handshake operation timed out" in str(seen):
+            return (f"TLS handshake with {url} failed: no answer in time; is the server "
+                    "plain http://?")
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return None
     text = str(exc)
     reasons = re.findall(r"\] ?([^\]()]+?) \(_ssl\.c", text)
     reason = reasons[-1].strip() if reasons else type(exc).__name__
@@ -352,16 +366,6 @@ def _tls_failure(url: str, exc: Exception) -> str:
         return (f"TLS handshake with {url} failed: is the server plain http://? "
                 f"(the answer was not TLS: {reason})")
     return f"TLS handshake with {url} failed: {reason}"
-
-
-def _handshake_timed_out(exc: BaseException) -> bool:
-    """Whether the TLS handshake timed out (requests reports it as a read timeout)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if "handshake operation timed out" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _answer_error(response: requests.Response) -> ClientError:
@@ -424,14 +428,6 @@ class _FileBody:
             if self.on_progress:
                 self.on_progress(done, self.size)
             yield chunk
-
-
-@dataclass(frozen=True)
-class Pushed:
-    """What ``push`` published: the item's type and the server's answer."""
-
-    kind: str
-    answer: dict[str, Any]
 
 
 @dataclass(frozen=True)
