@@ -30,6 +30,7 @@ APP_LIMIT = 16 * 1024 * 1024
 # before the body is read) is one of the refusals that must come through.
 NGINX_LIMIT = "64m"
 BODY = 12 * 1024 * 1024  # far more than the loopback socket buffers hold, under the limit
+HUGE = 60 * 1024 * 1024  # under nginx's limit
 TRIES = 8
 
 
@@ -115,15 +116,21 @@ def test_a_refused_upload_of_a_large_body_gets_its_refusal_through_nginx_every_t
 
 
 def test_the_refusal_arrives_before_the_body_is_sent(
-        stack: Stack, world: dict[str, str], big_file: Path) -> None:
-    """nginx stops reading once it has the answer: curl sends only a part of the body."""
-    for status, args in refusals(stack, world, big_file).items():
+        stack: Stack, world: dict[str, str], tmp_path: Path) -> None:
+    """The answer is not held back until the body is read: nginx stops reading once it
+    has it, so curl sends only a part of a large body."""
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as file:
+        file.truncate(HUGE)
+    for status, args in refusals(stack, world, huge).items():
+        if status == 415:
+            continue  # a body this large is a 413 first
         proc = subprocess.run(["curl", "-sS", "-o", os.devnull, "-w", "%{http_code} "
                                "%{size_upload}", *args], capture_output=True, text=True,
                               timeout=120)
         code, sent = proc.stdout.split()
         assert int(code) == status, proc.stderr
-        assert int(sent) < BODY, f"{status}: the whole body was sent first"
+        assert int(sent) < HUGE / 2, f"{status}: {sent} bytes were sent first"
 
 
 def run_client(stack: Stack, token: str, *args: str) -> subprocess.CompletedProcess[str]:
