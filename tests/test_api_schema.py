@@ -31,7 +31,7 @@ from schemathesis.specs.openapi import checks
 from artstore.openapi import document
 
 from .conftest import AUTH, Server, start_server, write_config
-from .test_auth_matrix import ADMIN_ONLY, EXPECTED, PROJECT_WRITE
+from .test_auth_matrix import EXPECTED, OPEN, READ
 
 EXAMPLES = int(os.environ.get("ARTSTORE_SCHEMA_EXAMPLES", "12"))
 CHECKS = [not_a_server_error, checks.status_code_conformance,
@@ -146,13 +146,13 @@ def test_document_says_which_operations_need_a_token(live: Server) -> None:
         path = rule.replace("<", "{").replace(">", "}")
         security = doc["paths"][path][method.lower()].get("security", doc["security"])
         optional = security == [] or {} in security
-        if optional != (expect.access not in (ADMIN_ONLY, PROJECT_WRITE)):
+        if optional != (expect.access in (OPEN, READ)):
             wrong.append(f"{method} {path}: security {security}")
     assert wrong == []
 
 
 SERVICE_PATHS = {"/_health": {"GET"}, "/_metrics": {"GET"}, "/_openapi.json": {"GET"},
-                 "/demo/_tokens": {"GET", "POST"}}
+                 "/_whoami": {"GET"}, "/demo/_tokens": {"GET", "POST"}}
 
 
 @pytest.mark.parametrize("path", sorted(SERVICE_PATHS))

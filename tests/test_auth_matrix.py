@@ -87,6 +87,7 @@ def copy_world(template: World, folder: Path, read_requires_token: bool) -> Worl
 Call = Callable[[World], "tuple[str, dict[str, Any]]"]
 
 OPEN, READ, ADMIN_ONLY, PROJECT_WRITE = "open", "read", "admin", "project write"
+ANY_TOKEN = "any valid token"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("/_health", "GET"): Expect(OPEN, 200, lambda w: ("/_health", {})),
     ("/_openapi.json", "GET"): Expect(OPEN, 200, lambda w: ("/_openapi.json", {})),
     ("/_metrics", "GET"): Expect(READ, 200, lambda w: ("/_metrics", {})),
+    ("/_whoami", "GET"): Expect(ANY_TOKEN, 200, lambda w: ("/_whoami", {})),
     ("/", "GET"): Expect(READ, 200, lambda w: ("/", {})),
     ("/<project>", "GET"): Expect(READ, 200, lambda w: ("/demo", {})),
     ("/<project>", "POST"): Expect(ADMIN_ONLY, 201, lambda w: (
@@ -134,6 +136,8 @@ def expected_status(access: str, ok: int, caller: str, reads_need_token: bool) -
         return 401 if caller in ("none", "bad") else ok
     if caller in ("none", "bad"):
         return 401
+    if access == ANY_TOKEN:
+        return ok
     if access == ADMIN_ONLY:
         return ok if caller == "admin" else 403
     return ok if caller in ("own", "admin") else 403
@@ -197,3 +201,14 @@ def test_route_answers_each_caller_as_the_contract_says(
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert snapshot(world.root) == before, "a refused call changed something"
         assert world.tokens["demo"] not in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("caller,answer", [
+    ("admin", {"admin": True, "project": None}),
+    ("own", {"admin": False, "project": "demo"}),
+    ("other", {"admin": False, "project": "other"}),
+])
+def test_whoami_says_what_a_valid_token_is(template: World, caller: str,
+                                           answer: dict[str, Any]) -> None:
+    r = template.client.get("/_whoami", headers=template.headers(caller))
+    assert r.status_code == 200 and r.get_json() == answer

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tarfile
@@ -141,6 +142,12 @@ def test_push_a_file_to_a_collection_keeps_its_name_and_sends_its_sha256(
     assert requests.get(result.stdout.strip()).content == build.read_bytes()
     files = requests.get(f"{store.url}/{project}/builds").json()["files"]
     assert [f["name"] for f in files] == ["tool-1.0.tar.xz"]
+    assert result.stderr == (f"published {project}/builds file tool-1.0.tar.xz (1 file in the "
+                             f"collection), 97.7 KiB, sha256 {files[0]['sha256']}\n")
+    (tmp_path / "tool-1.1.bin").write_bytes(b"x")
+    result = artstore(store, "push", f"{project}/builds", str(tmp_path / "tool-1.1.bin"))
+    assert result.stderr.startswith(f"published {project}/builds file tool-1.1.bin (2 files "
+                                    "in the collection), 1 B, sha256 ")
 
 
 def test_push_a_file_to_an_html_item_publishes_that_page(
@@ -186,7 +193,34 @@ def test_push_with_another_projects_token_exits_3(store: Server, project: str,
     page.write_text("<p>x</p>")
     result = artstore(store, "push", f"{project}x/report", str(page), token=other)
     assert result.exit_code == 3
-    assert "may not change project" in result.stderr
+    assert result.stderr == (f"Error: HTTP 403: this token may not change project "
+                             f"'{project}x' (it is a token of project '{project}')\n")
+
+
+def upload_counters(server: Server) -> list[str]:
+    text = requests.get(f"{server.url}/_metrics").text
+    return [line for line in text.splitlines() if line.startswith("artstore_uploads_total")]
+
+
+def test_a_push_with_a_refused_token_sends_no_upload(store: Server, project: str,
+                                                    tmp_path: Path) -> None:
+    """The token is checked with GET /_whoami first: no upload request, so no body, is
+    sent with a token the server would refuse."""
+    other = artstore(store, "token", "create", project).stdout.strip()
+    requests.post(f"{store.url}/{project}x", json={"items": ITEMS}, headers=AUTH)
+    site = make_site(tmp_path / "site", 20)
+    build = tmp_path / "tool.bin"
+    build.write_bytes(os.urandom(UPLOAD_LIMIT // 2))
+    before = upload_counters(store)
+    for token, target, path in [("wrong", f"{project}/docs", site),
+                                ("wrong", f"{project}/builds", build),
+                                (None, f"{project}/builds", build),
+                                (other, f"{project}x/docs", site),
+                                (other, f"{project}x/builds", build)]:
+        result = artstore(store, "push", target, str(path), token=token)
+        assert result.exit_code == 3, result.stderr
+        assert result.stderr.startswith(("Error: HTTP 401: ", "Error: HTTP 403: "))
+    assert upload_counters(store) == before
 
 
 def test_push_to_a_missing_project_or_item_exits_4(store: Server, project: str,
@@ -197,7 +231,8 @@ def test_push_to_a_missing_project_or_item_exits_4(store: Server, project: str,
     assert result.stderr == "Error: HTTP 404: project 'no-such-project' does not exist\n"
     result = artstore(store, "push", f"{project}/nothing", str(site))
     assert result.exit_code == 4
-    assert f"project '{project}' has no item 'nothing'" in result.stderr
+    assert result.stderr == (f"Error: HTTP 404: project '{project}' has no item 'nothing'; "
+                             "its items: builds, docs, report, site\n")
 
 
 def test_push_an_oversize_file_exits_6_with_the_limit(store: Server, project: str,
@@ -254,6 +289,39 @@ def test_push_when_the_server_is_down_exits_8_after_retrying_the_read(
     assert result.stderr == (f"Error: cannot connect to {url}: Connection refused "
                              "(tried 4 times)\n")
     assert delays == [0.5, 1.0, 2.0]
+
+
+def test_https_against_a_plain_http_server_says_so_without_retrying(
+        store: Server, project: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(ArtstoreClient, "sleep", staticmethod(delays.append))
+    # gunicorn 23 waits for a request line instead of answering the TLS hello.
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 2.0)
+    url = store.url.replace("http://", "https://")
+    for args in (["project", "show", project],
+                 ["push", f"{project}/docs", str(make_site(tmp_path / "site", 2))]):
+        result = artstore(url, *args)
+        assert result.exit_code == cli.EXIT_NO_CONNECTION == 8
+        assert result.stderr.startswith(f"Error: TLS handshake with {url} failed: ")
+        assert "is the server plain http://?" in result.stderr
+        assert "SSLError" not in result.stderr
+    assert delays == []
+
+
+def test_https_to_a_server_that_never_answers_the_tls_hello_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(ArtstoreClient, "sleep", staticmethod(delays.append))
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepted by the kernel, never answered
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}/artstore"
+        result = artstore(url, "project", "list")
+    assert result.exit_code == 8
+    assert result.stderr == (f"Error: TLS handshake with {url} failed: no answer in time; "
+                             "is the server plain http://?\n")
+    assert delays == []
 
 
 def test_push_usage_errors_exit_2_before_anything_is_sent(store: Server, project: str,
@@ -389,6 +457,78 @@ def test_item_show_and_rollback(store: Server, project: str, tmp_path: Path) -> 
     assert [f["name"] for f in shown["files"]] == ["b.bin"]
 
 
+def test_item_delete_file_removes_a_collection_file_so_it_can_be_pushed_again(
+        store: Server, project: str, tmp_path: Path) -> None:
+    build = tmp_path / "tool.bin"
+    build.write_bytes(b"one")
+    assert artstore(store, "push", f"{project}/builds", str(build)).exit_code == 0
+    result = artstore(store, "item", "delete-file", f"{project}/builds", "tool.bin")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == f"deleted {project}/builds file tool.bin\n"
+    assert requests.get(f"{store.url}/{project}/builds").json()["files"] == []
+    build.write_bytes(b"two")
+    assert artstore(store, "push", f"{project}/builds", str(build)).exit_code == 0
+    assert requests.get(f"{store.root}/{project}/builds/tool.bin").content == b"two"
+
+    result = artstore(store, "item", "delete-file", f"{project}/builds", "tool.bin", "--json")
+    assert json.loads(result.stdout) == {"project": project, "item": "builds",
+                                         "file": "tool.bin", "deleted": True}
+    result = artstore(store, "item", "delete-file", f"{project}/builds", "tool.bin")
+    assert result.exit_code == 4
+    assert result.stderr.startswith("Error: HTTP 404: ")
+    assert artstore(store, "item", "delete-file", f"{project}/builds", "..").exit_code == 2
+    build.write_bytes(b"three")
+    assert artstore(store, "push", f"{project}/builds", str(build)).exit_code == 0
+    ci_token = artstore(store, "token", "create", project).stdout.strip()
+    assert artstore(store, "item", "delete-file", f"{project}/builds", "tool.bin",
+                    token=ci_token).exit_code == 0
+    assert artstore(store, "item", "delete-file", f"{project}/builds", "tool.bin",
+                    token="wrong").exit_code == 3
+
+
+def test_json_prints_errors_on_stdout_too(store: Server, project: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ArtstoreClient, "sleep", staticmethod(lambda s: None))
+    result = artstore(store, "project", "show", "absent", "--json")
+    assert result.exit_code == 4
+    assert result.stderr == "Error: HTTP 404: project 'absent' does not exist\n"
+    error = json.loads(result.stdout)["error"]
+    assert error == {"status": 404, "message": "HTTP 404: project 'absent' does not exist",
+                     "type": "about:blank", "title": "Not Found",
+                     "detail": "project 'absent' does not exist",
+                     "request_id": error["request_id"]}
+    assert error["request_id"]
+
+    page = tmp_path / "p.html"
+    page.write_text("<p>x</p>")
+    result = artstore(store, "push", f"{project}/nothing", str(page), "--json")
+    error = json.loads(result.stdout)["error"]
+    assert (result.exit_code, error["status"], error["items"]) == (
+        4, 404, ["builds", "docs", "report", "site"])
+    assert error["message"] == result.stderr[len("Error: "):].rstrip("\n")
+
+    result = artstore(store, "push", f"{project}/report", str(page), "--json", token="wrong")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["error"]["detail"] == "the bearer token is not valid"
+
+    result = artstore(store, "push", f"{project}/report", str(tmp_path), "--json")
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["status"] is None and "is an html item" in error["message"]
+    for args in (["push", "no-item-given", str(page), "--json"],
+                 ["project", "update", project, "--remove-item", "nope", "--json"]):
+        result = artstore(store, *args)
+        assert result.exit_code == 2
+        error = json.loads(result.stdout)["error"]
+        assert error["status"] is None and error["message"] in result.stderr
+
+    url = f"http://127.0.0.1:{free_port()}/artstore"
+    result = artstore(url, "project", "list", "--json")
+    assert result.exit_code == 8
+    assert json.loads(result.stdout) == {"error": {
+        "status": None, "message": result.stderr[len("Error: "):].rstrip("\n")}}
+
+
 def test_token_commands_give_ci_its_own_revocable_token(store: Server, project: str,
                                                         tmp_path: Path) -> None:
     created = artstore(store, "token", "create", project)
@@ -428,7 +568,9 @@ class FlakyServer(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server interface
         self.calls.append(f"GET {self.path}")
-        if self.path == "/demo":
+        if self.path == "/_whoami":
+            self._answer(200, {"admin": True, "project": None})
+        elif self.path == "/demo":
             self._answer(200, {"name": "demo", "items": {"builds": {"type": "collection"}}})
         else:
             self._answer(503, {"status": 503, "detail": "try later"})
@@ -443,15 +585,52 @@ class FlakyServer(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def flaky() -> Iterator[str]:
-    FlakyServer.calls = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+class OlderServer(FlakyServer):
+    """A server from before GET /_whoami: 404 there, and it accepts the upload."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/_whoami":
+            self.calls.append(f"GET {self.path}")
+            self._answer(404, {"status": 404, "detail": "project '_whoami' does not exist"})
+        else:
+            super().do_GET()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.calls.append(f"PUT {self.path}")
+        self._answer(201, {"project": "demo", "item": "builds", "release": "b.bin",
+                           "files": 1, "size": 1, "sha256": "0" * 64, "warnings": [],
+                           "url": "http://files/demo/builds/b.bin"})
+
+
+def serve_fake(handler: type[FlakyServer]) -> Iterator[str]:
+    handler.calls = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def flaky() -> Iterator[str]:
+    yield from serve_fake(FlakyServer)
+
+
+@pytest.fixture
+def older() -> Iterator[str]:
+    yield from serve_fake(OlderServer)
+
+
+def test_push_to_a_server_without_whoami_checks_the_token_with_the_upload(
+        older: str, tmp_path: Path) -> None:
+    build = tmp_path / "b.bin"
+    build.write_bytes(b"b")
+    result = artstore(older, "push", "demo/builds", str(build))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "http://files/demo/builds/b.bin\n"
+    assert [c.split("?")[0] for c in OlderServer.calls] == ["GET /_whoami", "GET /demo",
+                                                            "PUT /demo/builds"]
 
 
 def test_reads_and_deletes_are_retried_with_backoff_on_5xx(
@@ -474,7 +653,8 @@ def test_uploads_and_other_posts_are_never_retried(flaky: str, tmp_path: Path,
     build.write_bytes(b"b")
     result = artstore(flaky, "push", "demo/builds", str(build))
     assert result.exit_code == 7
-    assert [c.split("?")[0] for c in FlakyServer.calls] == ["GET /demo", "PUT /demo/builds"]
+    assert [c.split("?")[0] for c in FlakyServer.calls] == ["GET /_whoami", "GET /demo",
+                                                            "PUT /demo/builds"]
     FlakyServer.calls.clear()
     assert artstore(flaky, "rollback", "demo/docs").exit_code == 7
     assert artstore(flaky, "token", "create", "demo").exit_code == 7

@@ -203,22 +203,33 @@ def test_a_hand_broken_projects_json_stops_start_up_with_a_clear_error(
 
 
 def test_readme_curl_examples_work_as_written(embedded: Server, tmp_path: Path) -> None:
+    """They run in the folder where ``artstore serve`` runs and leave nothing in it; the
+    server's URL is set once, so that is the one line a reader changes."""
     text = README.read_text()
     section = text[text.index("### With curl"):text.index("## Settings")]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     assert len(blocks) >= 4
-    port = embedded.root.rsplit(":", 1)[1]
-    script = "set -euo pipefail\n" + "\n".join(blocks).replace("8080", port)
+    script = "\n".join(blocks)
+    assert script.count("127.0.0.1:8080") == 1, "the URL is set in one place only"
+    script = "set -euo pipefail\n" + script.replace("127.0.0.1:8080",
+                                                    embedded.root.split("//", 1)[1])
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**embedded.env, "TMPDIR": str(temp)})
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "<h1>Hello</h1>" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "files left in the folder"
     r = requests.get(f"{embedded.url}/demo/builds").json()
     assert [f["name"] for f in r["files"]] == ["tool-1.0.bin"]
     assert requests.get(f"{embedded.root}/demo/report/report.html").text == "<p>all green</p>\n"
     # The project page links the item's URL, which shows the report too.
     assert 'href="report/"' in requests.get(f"{embedded.root}/demo/").text
     assert requests.get(f"{embedded.root}/demo/report/").text == "<p>all green</p>\n"
+    docs = requests.get(f"{embedded.url}/demo/docs").json()
+    assert len(docs["releases"]) == 2 and docs["live"] == docs["releases"][1]["release"]
+    assert requests.get(f"{embedded.root}/demo/docs/").text == "<h1>Hello</h1>\n"
 
 
 def test_embedded_file_server_redirects_a_directory_with_an_encoded_location(

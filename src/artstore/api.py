@@ -6,6 +6,7 @@ every error - ours, Werkzeug's and unexpected ones - as ``application/problem+js
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -55,6 +56,8 @@ MIN_PIECE = 256 * 1024  # read from the socket before a piece is handed on
 MAX_FIELD_BYTES = 64 * 1024  # one metadata field; the store allows 1024 characters
 MAX_PARTS = 100
 API_PREFIX = "/artstore"
+LINGER_SECONDS = 30.0  # reading the rest of a refused body, like nginx's lingering_time
+LINGER_IDLE_SECONDS = 5.0  # and its lingering_timeout
 
 
 @dataclass
@@ -281,6 +284,45 @@ def checksum_claimed(fields: dict[str, str]) -> str | None:
     return header or field
 
 
+def has_body(environ: dict[str, Any]) -> bool:
+    return (environ.get("CONTENT_LENGTH") or "0") != "0" or "chunked" in environ.get(
+        "HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def linger(environ: dict[str, Any], limit: int) -> None:
+    """Read and drop what is left of a request body, once its answer has been sent.
+
+    An answer given before the body was read (a 401, a 404, a 413 by Content-Length...)
+    must reach a client that is still sending. If gunicorn closed the socket with body
+    bytes unread, the kernel would send a reset, and nginx, still writing the body to
+    us, would answer 502 instead of passing the refusal on. So, like nginx's own
+    lingering close, the rest is read here: at most ``limit`` bytes, for at most
+    LINGER_SECONDS, and not after LINGER_IDLE_SECONDS of silence. nginx stops sending
+    once it has the answer, so behind it this ends almost at once.
+    """
+    body = environ.get("wsgi.input")
+    sock = environ.get("gunicorn.socket")
+    if sock is None or body is None or getattr(body, "failed", False):
+        return
+    deadline = time.monotonic() + LINGER_SECONDS
+    pieces = gunicorn_body(environ) or iter(lambda: body.read(CHUNK), b"")
+    prior = sock.gettimeout()
+    left = limit
+    try:
+        while left > 0 and time.monotonic() < deadline:
+            sock.settimeout(min(LINGER_IDLE_SECONDS, deadline - time.monotonic()))
+            piece = next(pieces, b"")
+            if not piece:
+                return
+            left -= len(piece)
+    except Exception:  # noqa: BLE001 - a reset, a timeout, a broken chunk: stop reading
+        pass
+    finally:
+        sock.settimeout(prior)
+    if hasattr(body, "failed"):
+        body.failed = True  # gunicorn 27: close the connection, do not drain the rest
+
+
 def receive_into(store: Store) -> Incoming:
     incoming = store.receive()
     g.setdefault("incoming", []).append(incoming)  # discarded when the request ends
@@ -351,6 +393,14 @@ def health() -> Any:
 
 def openapi() -> Any:
     return document(request.script_root)
+
+
+def whoami() -> Any:
+    """Who the bearer token is: lets a client stop before it sends a large body."""
+    who = caller()
+    if who.anonymous:
+        raise Unauthorized("this call needs a bearer token")
+    return {"admin": who.admin, "project": who.project}
 
 
 def metrics() -> Any:
@@ -484,6 +534,7 @@ ROUTES = [
     ("/_health", health, ["GET"]),
     ("/_openapi.json", openapi, ["GET"]),
     ("/_metrics", metrics, ["GET"]),
+    ("/_whoami", whoami, ["GET"]),
     ("/", list_projects, ["GET"]),
     ("/<name:project>", get_project, ["GET"]),
     ("/<name:project>", create_project, ["POST"]),
@@ -543,6 +594,13 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
             received = sum(incoming.size for incoming in g.get("incoming", []))
             services().metrics.record_upload(response.status_code, received,
                                              time.monotonic() - g.started)
+        return response
+
+    @app.after_request
+    def _linger(response: Response) -> Response:
+        if has_body(request.environ):
+            response.call_on_close(functools.partial(linger, request.environ,
+                                                     settings.max_upload_bytes))
         return response
 
     @app.after_request

@@ -63,17 +63,39 @@ def exit_status(error: ClientError) -> int:
     return EXIT_SERVER
 
 
+JSON_FLAG = "artstore.json"  # in ctx.meta: the command was given --json
+
+
+def error_json(error: ClientError) -> dict[str, Any]:
+    """A failure for ``--json``: ``{"error": {"status", "message", ...the problem fields}}``."""
+    return {"error": {"status": error.status, "message": error.message,
+                      **{k: v for k, v in error.problem.items() if k not in ("status",
+                                                                             "message")}}}
+
+
 class Main(click.Group):
-    """Turns a ClientError raised by any subcommand into a message and an exit status."""
+    """Turns a ClientError raised by any subcommand into a message and an exit status.
+
+    The message goes to stderr; with ``--json`` the error is also printed on stdout as
+    JSON, so a script reading stdout always gets a document.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:
+            if ctx.meta.get(JSON_FLAG):
+                print_json(error_json(exc))
             raise click.UsageError(exc.message) from None
         except ClientError as exc:
             click.echo(f"Error: {exc.message}", err=True)
+            if ctx.meta.get(JSON_FLAG):
+                print_json(error_json(exc))
             ctx.exit(exit_status(exc))
+        except click.ClickException as exc:  # a bad argument, once --json was seen
+            if ctx.meta.get(JSON_FLAG):
+                print_json({"error": {"status": None, "message": exc.format_message()}})
+            raise
 
 
 def resolve_settings(config: str | None, data_dir: str) -> tuple[Settings, bool]:
@@ -160,10 +182,17 @@ def serve(config: str | None, data_dir: str, host: str, port: int, workers: int)
 # ------------------------------------------------------------------ the client
 
 
+def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta[JSON_FLAG] = value  # for Main, which prints errors
+    return value
+
+
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--url``, ``--token`` and ``--json``, shared by every client command."""
-    command = click.option("--json", "as_json", is_flag=True,
-                           help="Print the server's JSON answer, for scripts.")(command)
+    command = click.option("--json", "as_json", is_flag=True, is_eager=True,
+                           callback=json_flag,
+                           help="Print the server's JSON answer (or error), for "
+                                "scripts.")(command)
     command = click.option("--token", envvar="ARTSTORE_TOKEN", show_envvar=True,
                            help="Bearer token: the admin token or a project token.")(command)
     return click.option("--url", envvar="ARTSTORE_URL", show_envvar=True, required=True,
@@ -272,18 +301,24 @@ def push(target: tuple[str, str], path: Path, metadata: dict[str, str], url: str
     bar = ProgressBar(sys.stderr, f"{project}/{item}") if sys.stderr.isatty() else None
     try:
         with connect(url, token) as client:
-            answer = client.push(project, item, path, {**ci_metadata(os.environ), **metadata},
+            pushed = client.push(project, item, path, {**ci_metadata(os.environ), **metadata},
                                  bar)
     finally:
         if bar is not None:
             bar.close()
+    answer = pushed.answer
     if as_json:
         print_json(answer)
         return
     for warning in answer.get("warnings") or []:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"published {project}/{item} release {answer['release']}: "
-               f"{answer['files']} file(s), {human_size(answer['size'])}, "
+    if pushed.kind == "collection":
+        # A collection's "release" is the file's name, its "files" the collection's count.
+        what = (f"file {answer['release']} ({answer['files']} "
+                f"file{'' if answer['files'] == 1 else 's'} in the collection)")
+    else:
+        what = f"release {answer['release']}: {answer['files']} file(s)"
+    click.echo(f"published {project}/{item} {what}, {human_size(answer['size'])}, "
                f"sha256 {answer['sha256']}", err=True)
     click.echo(answer["url"])
 
@@ -481,7 +516,7 @@ def print_item(project_name: str, body: dict[str, Any]) -> None:
 
 @main.group("item")
 def item_group() -> None:
-    """Look at an item: its live and kept releases, or a collection's files."""
+    """Look at an item's releases or a collection's files; delete a collection file."""
 
 
 @item_group.command("show")
@@ -495,6 +530,22 @@ def item_show(target: tuple[str, str], url: str, token: str | None, as_json: boo
         print_json(body)
     else:
         print_item(target[0], body)
+
+
+@item_group.command("delete-file")
+@click.argument("target", metavar="PROJECT/ITEM", callback=target_argument)
+@click.argument("filename", metavar="FILENAME")
+@api_options
+def item_delete_file(target: tuple[str, str], filename: str, url: str, token: str | None,
+                     as_json: bool) -> None:
+    """Remove FILENAME from a collection (a file of that name can then be pushed again)."""
+    with connect(url, token) as client:
+        client.delete_file(*target, filename)
+    if as_json:
+        print_json({"project": target[0], "item": target[1], "file": filename,
+                    "deleted": True})
+    else:
+        click.echo(f"deleted {target[0]}/{target[1]} file {filename}", err=True)
 
 
 @main.command()

@@ -50,12 +50,18 @@ Progress = Callable[[int, Optional[int]], None]
 
 
 class ClientError(Exception):
-    """A call that did not succeed: ``status`` is the HTTP status, None when no answer came."""
+    """A call that did not succeed: ``status`` is the HTTP status, None when no answer came.
 
-    def __init__(self, status: int | None, message: str) -> None:
+    ``problem`` is the server's problem document (``type``, ``title``, ``detail``, and any
+    list such as ``items``), when there was one.
+    """
+
+    def __init__(self, status: int | None, message: str,
+                 problem: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.problem = problem or {}
 
 
 class UsageError(ClientError):
@@ -63,6 +69,14 @@ class UsageError(ClientError):
 
     def __init__(self, message: str) -> None:
         super().__init__(None, message)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What ``push`` published: the item's type and the server's answer."""
+
+    kind: str
+    answer: dict[str, Any]
 
 
 def ci_metadata(environ: Mapping[str, str]) -> dict[str, str]:
@@ -165,8 +179,19 @@ class ArtstoreClient:
     def item_type(self, project: str, item: str) -> str:
         items = self.get_project(project)["items"]
         if item not in items:
-            raise ClientError(404, f"project {project!r} has no item {item!r}")
+            names = sorted(items)
+            detail = (f"project {project!r} has no item {item!r}; "
+                      + (f"its items: {', '.join(names)}" if names else "it has no items"))
+            raise ClientError(404, f"HTTP 404: {detail}", {
+                "title": "Not Found", "status": 404, "detail": detail, "items": names})
         return str(items[item]["type"])
+
+    def delete_file(self, project: str, item: str, filename: str) -> None:
+        """Remove one file from a collection (then a file of that name can be pushed)."""
+        check_names(project, item)
+        if filename in ("", ".", ".."):
+            raise UsageError(f"{filename!r} is not a file name")
+        self._call("DELETE", [project, item, filename], expect=204)
 
     def rollback(self, project: str, item: str, release: str | None = None) -> dict[str, Any]:
         body = {"release": release} if release else None
@@ -183,14 +208,37 @@ class ArtstoreClient:
     def revoke_token(self, project: str, token_id: str) -> None:
         self._call("DELETE", [project, "_tokens", token_id], expect=204)
 
+    def whoami(self) -> dict[str, Any]:
+        """``{"admin": bool, "project": name or None}`` for this client's token."""
+        return self._json("GET", ["_whoami"])
+
+    def check_may_push(self, project: str) -> None:
+        """Refuse a push the token cannot make before any body is sent.
+
+        A server refuses a wrong token at once, but the client would still send the whole
+        body (and through a proxy the refusal may even come back as a 502).
+        """
+        try:
+            who = self.whoami()
+        except ClientError as exc:
+            if exc.status == 404:
+                return  # a server older than /_whoami: the upload itself is checked
+            raise
+        if not who.get("admin") and who.get("project") != project:
+            detail = (f"this token may not change project {project!r} (it is a token of "
+                      f"project {who.get('project')!r})")
+            raise ClientError(403, f"HTTP 403: {detail}",
+                              {"title": "Forbidden", "status": 403, "detail": detail})
+
     # ---------------------------------------------------------------- push
 
     def push(self, project: str, item: str, path: Path, metadata: Mapping[str, str],
-             on_progress: Progress | None = None) -> dict[str, Any]:
-        """Publish ``path`` to ``project/item``; the server's answer.
+             on_progress: Progress | None = None) -> Pushed:
+        """Publish ``path`` to ``project/item``: the item's type and the server's answer.
 
-        A file goes as it is, with its sha256; a directory is packed on the fly for a tgz
-        or zip item. The answer's ``sha256`` is what the server received.
+        The token is checked first, so a refused one sends nothing. A file goes as it is,
+        with its sha256; a directory is packed on the fly for a tgz or zip item. The
+        answer's ``sha256`` is what the server received.
         """
         check_names(project, item)
         clash = sorted(set(metadata) & set(RESERVED_QUERY))
@@ -198,16 +246,18 @@ class ArtstoreClient:
             raise UsageError(f"{clash[0]!r} cannot be a metadata key: the upload uses it")
         if not path.exists():
             raise UsageError(f"{path} does not exist")
+        self.check_may_push(project)
         kind = self.item_type(project, item)
         if path.is_dir():
             if kind not in PACKABLE:
                 raise UsageError(f"{project}/{item} is {'an' if kind == 'html' else 'a'} {kind} "
                                  f"item, which takes one file; {path} is a directory (only tgz "
                                  "and zip items take one)")
-            return self._push_directory(project, item, path, kind, metadata, on_progress)
+            return Pushed(kind, self._push_directory(project, item, path, kind, metadata,
+                                                     on_progress))
         if not path.is_file():
             raise UsageError(f"{path} is not a regular file or a directory")
-        return self._push_file(project, item, path, metadata, on_progress)
+        return Pushed(kind, self._push_file(project, item, path, metadata, on_progress))
 
     def _push_file(self, project: str, item: str, path: Path, metadata: Mapping[str, str],
                    on_progress: Progress | None) -> dict[str, Any]:
@@ -267,6 +317,9 @@ class ArtstoreClient:
                 response = self.session.request(method, url, allow_redirects=False,
                                                 timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
+                tls = _tls_failure(self.url, exc)
+                if tls:  # not a passing failure: a retry would fail the same way
+                    raise ClientError(None, tls) from None
                 error = ClientError(None, _no_answer(self.url, exc, attempt + 1))
             except requests.RequestException as exc:
                 raise ClientError(None, f"{method} {url} failed: {exc}") from None
@@ -293,6 +346,28 @@ def _no_answer(url: str, exc: Exception, tries: int) -> str:
     return f"{where} {url}: {reason}" + (f" (tried {tries} times)" if tries > 1 else "")
 
 
+def _tls_failure(url: str, exc: Exception) -> str | None:
+    """What went wrong in the TLS handshake, with a hint; None if it was not that."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        # requests reports a handshake that timed out as a read timeout: a plain-http
+        # server may wait for a request line that never comes (gunicorn 23 does).
+        if "handshake operation timed out" in str(seen):
+            return (f"TLS handshake with {url} failed: no answer in time; is the server "
+                    "plain http://?")
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return None
+    text = str(exc)
+    reasons = re.findall(r"\] ?([^\]()]+?) \(_ssl\.c", text)
+    reason = reasons[-1].strip() if reasons else type(exc).__name__
+    if re.search(r"wrong.version.number|record.layer.failure|packet length too long",
+                 text, re.I):
+        return (f"TLS handshake with {url} failed: is the server plain http://? "
+                f"(the answer was not TLS: {reason})")
+    return f"TLS handshake with {url} failed: {reason}"
+
+
 def _answer_error(response: requests.Response) -> ClientError:
     """The server's problem+json ``detail`` (and any list it carries) as one message."""
     status = response.status_code
@@ -307,8 +382,8 @@ def _answer_error(response: requests.Response) -> ClientError:
                 lines += [f"  {key}: {entry}" for entry in value[:20]]
                 if len(value) > 20:
                     lines.append(f"  ... and {len(value) - 20} more")
-        message = "\n".join(lines)
-    elif 300 <= status < 400:
+        return ClientError(status, f"HTTP {status}: " + "\n".join(lines), problem)
+    if 300 <= status < 400:
         message = (f"redirected to {response.headers.get('Location')}; is the URL the API root "
                    "(e.g. https://host/artstore)?")
     elif status >= 500:

@@ -132,6 +132,12 @@ SCHEMAS: dict[str, Any] = {
             }},
         },
     },
+    "Whoami": {
+        "type": "object", "required": ["admin", "project"],
+        "properties": {"admin": {"type": "boolean"},
+                       "project": {"type": "string", "nullable": True,
+                                   "description": "the project of a project token"}},
+    },
     "NewToken": {
         "type": "object", "required": ["id", "token"],
         "properties": {"id": {"type": "string"}, "token": {"type": "string"},
@@ -165,6 +171,10 @@ def _paths() -> dict[str, Any]:
                        "worker processes (Prometheus text format)",
             "responses": {"200": {"description": "metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}, **_errors(401)}}},
+        "/_whoami": {"get": {
+            "summary": "what the bearer token may do: the admin token, or a project's token",
+            "responses": {"200": _json(_ref("Whoami"), "the token is valid"),
+                          **_errors(401)}}},
         "/": {"get": {**READ, "summary": "list projects",
                       "responses": {"200": _json(_ref("ProjectList"), "projects"),
                                     **_errors(401)}}},

@@ -222,6 +222,9 @@ class Nginx:
         text = (self.folder / "log" / "access.log").read_text()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
+    def error_log(self) -> str:
+        return (self.folder / "log" / "error.log").read_text(errors="replace")
+
     def checked(self) -> str:
         """What ``nginx -t`` said about the configuration (its warnings, if any)."""
         return (self.folder / "nginx-t.out").read_text()
