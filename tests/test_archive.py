@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -133,7 +134,8 @@ def site(kind: str, entries: list) -> bytes:
 @pytest.mark.parametrize("kind", ["tgz", "zip"])
 def test_archive_with_nested_dirs_extracts_every_file(staging: Staging, kind: str) -> None:
     result = staging.extract(kind, site(kind, SITE))
-    assert result == Extracted(files=3, bytes=30, root="", warnings=[])
+    manifest = {path: (hashlib.sha256(data).hexdigest(), len(data)) for path, data in SITE}
+    assert result == Extracted(files=3, bytes=30, root="", warnings=[], manifest=manifest)
     assert staging.tree() == {
         "index.html": b"<h1>home</h1>",
         "css": None,
@@ -201,6 +203,8 @@ def test_single_wrapped_directory_is_unwrapped(staging: Staging) -> None:
     assert result.root == "site"
     assert result.warnings == []
     assert staging.tree() == {"index.html": b"home", "css": None, "css/a.css": b"a"}
+    assert result.manifest == {"index.html": (hashlib.sha256(b"home").hexdigest(), 4),
+                               "css/a.css": (hashlib.sha256(b"a").hexdigest(), 1)}
 
 
 def test_wrapped_directory_holding_a_namesake_is_unwrapped(staging: Staging) -> None:

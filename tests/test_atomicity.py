@@ -23,6 +23,7 @@ from artstore import settings as settings_mod
 from artstore.store import Store
 
 from .conftest import AUTH, Server, start_server, write_config
+from .test_faults import check_store
 
 MARKER_BYTES = 64 * 1024
 
@@ -223,12 +224,14 @@ upload.discard()
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (Debian: strace)")
 @pytest.mark.parametrize("syscall,when", [("rename", k) for k in range(1, 6)]
+                         + [("link", k) for k in range(1, 4)]
                          + [("symlink", 1), ("rmdir", 1), ("fsync", 2)])
 def test_sigkill_at_each_step_of_the_swap_then_restart_finds_a_whole_release(
         tmp_path: Path, syscall: str, when: int) -> None:
     """strace kills the publisher at the n-th rename (staging -> release, state file,
-    symlink swap, page, pruning) and elsewhere; the restart's sweep must leave either the
-    old or the new release live, whole, recorded, and no leftovers."""
+    symlink swap, page, pruning), while it links files to their blobs, and elsewhere; the
+    restart's sweep must leave either the old or the new release live, whole, recorded,
+    every kept file a link of its blob, and no leftovers."""
     config = write_config(tmp_path / "state")
     settings = settings_mod.load(config, environ={})
     store = Store(settings)
@@ -239,6 +242,7 @@ def test_sigkill_at_each_step_of_the_swap_then_restart_finds_a_whole_release(
                        check=True)
     (tmp_path / "v3.tgz").write_bytes(release_tgz(3))
     alias = {"rename": "rename,renameat,renameat2", "symlink": "symlink,symlinkat",
+             "link": "link,linkat",
              "rmdir": "rmdir,unlinkat", "fsync": "fsync,fdatasync,syncfs"}[syscall]
     proc = subprocess.run(
         ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={alias}",
@@ -259,3 +263,4 @@ def test_sigkill_at_each_step_of_the_swap_then_restart_finds_a_whole_release(
                   if not p.name.startswith(".tmp-"))
     assert kept == sorted(r["release"] for r in info["releases"])
     assert_no_leftovers(settings)
+    check_store(settings.state_dir)

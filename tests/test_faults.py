@@ -173,8 +173,22 @@ def check_item(state: Path, project: str, item: str, conf: dict[str, Any],
         n = whole_release(releases_dir / entry["release"])
         files = [p for p in (releases_dir / entry["release"]).rglob("*") if p.is_file()]
         assert len(files) == entry["files"]
+        manifest = json.loads((state / "items" / project / f"{item}.manifests"
+                               / f"{entry['release']}.json").read_text())["files"]
+        tree = releases_dir / entry["release"]
+        assert sorted(manifest) == sorted(str(p.relative_to(tree)) for p in files)
+        for path, (digest, size) in manifest.items():
+            assert_a_link_of_its_blob(base, tree / path, digest, size)
         if ledger is not None:
             assert ledger.markers[entry["sha256"]] == n, "a release is not what was uploaded"
+
+
+def assert_a_link_of_its_blob(base: Path, path: Path, digest: str, size: int) -> None:
+    """A published file is stored once: the blob store holds it, and the tree links to it."""
+    blob = base / ".artstore" / "blobs" / digest[:2] / digest
+    assert blob.is_file(), f"{path}: its blob {digest} is missing"
+    assert os.path.samefile(path, blob), f"{path} is not a link of its blob"
+    assert blob.stat().st_size == size
 
 
 def check_collection(live: Path, record: dict[str, Any], conf: dict[str, Any],
@@ -189,6 +203,8 @@ def check_collection(live: Path, record: dict[str, Any], conf: dict[str, Any],
     for entry in record["files"]:
         data = (live / entry["name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert_a_link_of_its_blob(live.parent.parent, live / entry["name"], entry["sha256"],
+                                  entry["size"])
         assert entry["name"] in page
         if ledger is not None:
             assert ledger.markers[entry["sha256"]] == marker(data)
@@ -382,10 +398,11 @@ def test_killed_workers_lose_nothing_that_was_acknowledged(storm: Storm) -> None
 
 
 def orphans(state: Path) -> list[str]:
-    """Directories under base_path of projects that do not exist."""
+    """Directories under base_path of projects that do not exist (``.artstore`` holds the
+    blobs)."""
     projects = json.loads((state / "projects.json").read_text())
     return sorted(p.name for p in (state / "public").iterdir()
-                  if p.is_dir() and p.name not in projects)
+                  if p.is_dir() and p.name not in projects and p.name != ".artstore")
 
 
 @pytest.mark.slow

@@ -565,10 +565,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def listing(root: Path) -> set[str]:
     """Every path under ``root`` except temp entries (old generations are deleted in the
-    background, so they come and go) and lock files."""
+    background, so they come and go, and with them the blobs only they held) and lock
+    files."""
     found = set()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".tmp-")]
+        dirs[:] = [d for d in dirs if not d.startswith(".tmp-")
+                   and os.path.join(folder, d) != str(root / ".artstore" / "blobs")]
         rel = os.path.relpath(folder, root)
         found |= {os.path.normpath(os.path.join(rel, name)) for name in dirs + files
                   if not name.startswith(".tmp-") and not name.endswith(".lock")}

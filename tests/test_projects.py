@@ -26,7 +26,7 @@ def test_create_project_answers_201_with_its_configuration(client: Any, settings
     body = r.get_json()
     assert body["name"] == "demo" and body["description"] == "Demo"
     assert body["items"]["docs"] == {"type": "tgz", "keep": 2, "live": None,
-                                     "last_publish": None}
+                                     "last_publish": None, "stored_bytes": 0}
     assert body["items"]["builds"]["depth"] == 3
     assert body["items"]["report"]["keep"] == settings.default_keep
     assert r.headers["Location"].endswith("/demo")
@@ -137,7 +137,9 @@ def test_delete_project_removes_files_state_and_tokens(
     assert client.get("/demo").status_code == 404
     assert not (settings.base_path / "demo").exists()
     assert not (settings.state_dir / "items" / "demo").exists()
-    assert [p.name for p in settings.base_path.iterdir()] == ["index.html"]
+    assert sorted(p.name for p in settings.base_path.iterdir()) == [".artstore", "index.html"]
+    blobs = settings.base_path / ".artstore" / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == [], "its blobs were kept"
     # The project's token died with it, even if the project comes back.
     make_project("demo", ITEMS)
     r = client.put("/demo/report", data=b"<p>hi</p>",

@@ -141,7 +141,7 @@ def test_hostile_project_names_over_http_create_nothing(server: Server, path: st
     assert body["status"] == status
     assert requests.get(server.url + "/").json() == {"projects": []}
     public = tmp_path / "state" / "public"
-    assert sorted(p.name for p in public.iterdir()) == ["index.html"]
+    assert sorted(p.name for p in public.iterdir()) == [".artstore", "index.html"]
 
 
 def _create_projects(url: str, names: list[str]) -> list[int]:

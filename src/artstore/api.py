@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -554,8 +555,20 @@ ROUTES = [
 # ------------------------------------------------------------ factories
 
 
-def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Flask:
-    """The API as a WSGI app, for ``settings``. Sweeps leftovers of a crash first."""
+def maintenance(store: Store, interval: int) -> None:
+    """The background thread of a worker: the store's maintenance, now and then."""
+    while True:
+        try:
+            store.maintain()
+        except Exception:  # noqa: BLE001 - logged; the next run tries again
+            log.exception("background maintenance failed")
+        time.sleep(interval)
+
+
+def create_app(settings: Settings, environ: dict[str, str] | None = None, *,
+               background: bool = False) -> Flask:
+    """The API as a WSGI app, for ``settings``. Sweeps leftovers of a crash first; with
+    ``background`` (what the servers run) it keeps a maintenance thread too."""
     app = Flask("artstore")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -569,6 +582,9 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None) -> Fla
         # Housekeeping must never keep a worker from starting: gunicorn stops the whole
         # service when one fails to boot. What is left is swept at the next start.
         log.exception("the start-up sweep failed; serving anyway")
+    if background:
+        threading.Thread(target=maintenance, args=(store, settings.collect_interval),
+                         name="artstore-maintenance", daemon=True).start()
     disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}
     app.extensions["artstore"] = Services(settings, store, tokens,
                                           Metrics(settings.state_dir, disks))
@@ -652,7 +668,7 @@ def create_files_app(settings: Settings) -> Flask:
 
 def create_site(settings: Settings, environ: dict[str, str] | None = None) -> Any:
     """What ``artstore serve`` runs: the API, plus the files at / when serve_files is on."""
-    api = create_app(settings, environ)
+    api = create_app(settings, environ, background=True)
     if not settings.serve_files:
         return api
     return DispatcherMiddleware(create_files_app(settings), {API_PREFIX: api})

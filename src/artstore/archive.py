@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import queue
 import re
@@ -22,7 +23,7 @@ import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Protocol
 
 from .errors import InsufficientStorage, TooLarge, Unprocessable
@@ -64,6 +65,9 @@ class Extracted:
     bytes: int  # bytes written
     root: str  # the single top-level directory that was unwrapped, "" if none
     warnings: list[str]
+    # Every regular file written: its path below ``dest`` (after unwrapping) -> (sha256, size),
+    # hashed as it was written.
+    manifest: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def sniff(kind: str, source: str) -> bool:
@@ -152,6 +156,7 @@ class _Tree:
         self.offence_count = 0
         self.files = 0
         self.bytes = 0
+        self.manifest: dict[str, tuple[str, int]] = {}
         # Modes are set explicitly only where the umask would change them: one syscall
         # fewer per member in the usual case (umask 022 or 0).
         umask = _current_umask()
@@ -297,19 +302,24 @@ class _Tree:
         if parent not in self.created:
             self.make_dir(parent)
         fd = os.open(f"{self.dest}/{path}", _FILE_FLAGS, 0o644)
+        digest = hashlib.sha256()
+        size = 0
         try:
             if self.fix_file_mode:
                 os.fchmod(fd, 0o644)
             for chunk in chunks:
+                digest.update(chunk)
                 written = os.write(fd, chunk)
                 if written < len(chunk):
                     view = memoryview(chunk)
                     while written < len(chunk):
                         written += os.write(fd, view[written:])
-                self.bytes += len(chunk)
+                size += len(chunk)
         finally:
             os.close(fd)
+        self.bytes += size
         self.files += 1
+        self.manifest[path] = (digest.hexdigest(), size)
 
     def finish(self) -> Extracted:
         self.raise_if_refused()
@@ -328,7 +338,8 @@ class _Tree:
                 self._unwrap(root)
             else:
                 warnings.append(NO_INDEX)
-        return Extracted(files=self.files, bytes=self.bytes, root=root, warnings=warnings)
+        return Extracted(files=self.files, bytes=self.bytes, root=root, warnings=warnings,
+                         manifest=self.manifest)
 
     def _unwrap(self, top: str) -> None:
         """Move the contents of the single top-level directory ``top`` up into ``dest``."""
@@ -342,6 +353,8 @@ class _Tree:
         for child in children:
             os.rename(os.path.join(self.dest, parked, child), os.path.join(self.dest, child))
         os.rmdir(os.path.join(self.dest, parked))
+        cut = len(top) + 1
+        self.manifest = {path[cut:]: entry for path, entry in self.manifest.items()}
 
 
 def _too_many_bytes(limits: Limits) -> TooLarge:

@@ -36,6 +36,9 @@ READ = {"security": [{}, {"bearer": []}]}
 WRITE_ERRORS = (400, 401, 403, 404)
 UPLOAD_ERRORS = (400, 401, 403, 404, 409, 411, 413, 415, 422, 507)
 
+STORED_BYTES = {"type": "integer", "minimum": 0,
+                "description": "distinct bytes held, each content counted once"}
+
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -88,8 +91,11 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"type": {"type": "string"},
                                "keep": {"type": "integer"}, "depth": {"type": "integer"},
                                "live": {"type": "string", "nullable": True},
-                               "last_publish": {"type": "string", "nullable": True}},
+                               "last_publish": {"type": "string", "nullable": True},
+                               "stored_bytes": STORED_BYTES},
             }},
+            "stored_bytes": {**STORED_BYTES, "description": "distinct bytes the project's "
+                                                            "items hold, each content once"},
         },
     },
     "Metadata": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -116,12 +122,17 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"}, "type": {"type": "string"},
             "live": {"type": "string", "nullable": True}, "url": {"type": "string"},
             "keep": {"type": "integer"}, "depth": {"type": "integer"},
+            "stored_bytes": STORED_BYTES,
             "releases": {"type": "array", "items": {
                 "type": "object",
                 "required": ["release", "created", "sha256", "size", "files", "metadata"],
                 "properties": {"release": {"type": "string"}, "created": {"type": "string"},
                                "sha256": {"type": "string"}, "size": {"type": "integer"},
-                               "files": {"type": "integer"}, "metadata": _ref("Metadata")},
+                               "files": {"type": "integer"}, "metadata": _ref("Metadata"),
+                               "bytes": {"type": "integer", "nullable": True,
+                                         "description": "the size of the release's files "
+                                                        "(null until an old store's release "
+                                                        "is upgraded)"}},
             }},
             "files": {"type": "array", "items": {
                 "type": "object",

@@ -60,6 +60,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve_files", bool, False,
             "artstore serve also serves base_path at / and moves the API under /artstore/, "
             "like the nginx setup (the embedded default turns this on)."),
+    Setting("collect_interval", int, 3600,
+            "Seconds between background runs of the blob collector, which deletes stored "
+            "contents no release holds any more (deleting a release frees its own at once; "
+            "this catches what a crash left). One worker runs it, at start too."),
     Setting("trusted_proxies", int, 0,
             "How many proxies in front of the service to trust for X-Forwarded-For, -Proto, "
             "-Host and -Prefix (1 behind the sample nginx)."),
@@ -85,6 +89,7 @@ class Settings:
     default_depth: int = 10
     read_requires_token: bool = False
     serve_files: bool = False
+    collect_interval: int = 3600
     trusted_proxies: int = 0
 
 

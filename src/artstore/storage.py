@@ -12,6 +12,7 @@ import ctypes.util
 import errno
 import fcntl
 import json
+import logging
 import mmap
 import os
 import shutil
@@ -254,16 +255,21 @@ def write_json(path: Path, data: Any, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
     """Hold an ``flock`` on ``path`` (created if needed): serialises worker processes.
 
     The kernel drops the lock when its holder dies, so a killed worker never leaves
-    a stale lock behind.
+    a stale lock behind. With ``blocking=False`` it yields False at once, holding
+    nothing, if another process has it.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -343,8 +349,8 @@ def swapping_symlink(link: Path, target: str, tmp_tag: str) -> Iterator[None]:
     fsync_dir(link.parent)
 
 
-def remove_tree(path: Path, wait: bool = True) -> None:
-    """Remove a directory: first renamed away in one step, then deleted.
+def remove_tree(path: Path, wait: bool = True, then: Callable[[], object] | None = None) -> None:
+    """Remove a directory: first renamed away in one step, then deleted, then ``then``.
 
     With ``wait=False`` the deletion runs in a background thread, so a publish does
     not wait for thousands of unlinks of a release it pruned; if the process dies
@@ -352,15 +358,32 @@ def remove_tree(path: Path, wait: bool = True) -> None:
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
+        if then is not None:
+            then()
         return
     doomed = path.with_name(f"{TMP_PREFIX}{path.name}.gone.{os.urandom(4).hex()}")
     os.rename(path, doomed)
-    if not doomed.is_dir() or doomed.is_symlink():
-        doomed.unlink()
-    elif wait:
-        shutil.rmtree(doomed, ignore_errors=True)
+
+    def delete() -> None:
+        if not doomed.is_dir() or doomed.is_symlink():
+            doomed.unlink()
+        else:
+            shutil.rmtree(doomed, ignore_errors=True)
+        if then is not None:
+            then()
+
+    if wait:
+        delete()
     else:
-        threading.Thread(target=shutil.rmtree, args=(doomed, True), daemon=True).start()
+        threading.Thread(target=_logged, args=(delete,), daemon=True).start()
+
+
+def _logged(work: Callable[[], object]) -> None:
+    """Background work: a failure is logged, and left to the next sweep."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001
+        logging.getLogger("artstore").exception("background clean-up failed")
 
 
 def sweep_temp_entries(directory: Path, symlink_tag: str | None = None) -> None:

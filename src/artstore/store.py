@@ -30,6 +30,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from . import archive, htmlrefs, pages, storage
+from .blobs import Collected, LocalBlobStore
 from .errors import (
     BadRequest,
     Conflict,
@@ -45,6 +46,10 @@ from .settings import Settings
 
 log = logging.getLogger("artstore")
 BOOKKEEPING = ".artstore"
+MANIFEST_CACHE = 64  # manifests each worker keeps in memory
+MANIFESTS = ".manifests"  # state/items/<project>/<item>.manifests/<release>.json
+# 1: every release a full copy (artstore before the blob store); 2: blobs and manifests.
+FORMAT = 2
 CHUNK = 1024 * 1024
 META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 50
@@ -145,6 +150,11 @@ class Store:
         # its cached project listing is stale (mtimes are too coarse for that).
         self.changed_marker = settings.state_dir / "changed"
         self._listing: tuple[dict[str, Any], bytes, list[dict[str, Any]]] | None = None
+        self.blobs = LocalBlobStore(self.base)
+        self._manifests: dict[tuple[str, str, str], dict[str, tuple[str, int]]] = {}
+        self.format_path = settings.state_dir / "format.json"
+        if not self.registry.path.exists() and not self.format_path.exists():
+            self._write_format()  # a new store: nothing written in an older format
 
     # ------------------------------------------------------------------ paths
 
@@ -153,6 +163,40 @@ class Store:
 
     def _state_path(self, project: str, item: str) -> Path:
         return self.items_state / project / f"{item}.json"
+
+    def _manifest_dir(self, project: str, item: str) -> Path:
+        return self.items_state / project / f"{item}{MANIFESTS}"
+
+    def _write_manifest(self, project: str, item: str, release: str,
+                        manifest: dict[str, tuple[str, int]]) -> None:
+        """Record what a release holds (path -> sha256, size) before its commit point."""
+        folder = self._manifest_dir(project, item)
+        folder.mkdir(parents=True, exist_ok=True)
+        storage.write_json(folder / f"{release}.json",
+                           {"files": {path: list(entry) for path, entry in manifest.items()}})
+
+    def _manifest(self, project: str, item: str, release: str) -> dict[str, tuple[str, int]]:
+        """A release's manifest ({} for one of an old store not upgraded yet). Manifests
+        never change, so each worker keeps the last few it read."""
+        key = (project, item, release)
+        found = self._manifests.get(key)
+        if found is None:
+            data = storage.read_json(self._manifest_dir(project, item) / f"{release}.json",
+                                     {"files": {}})
+            found = {path: (sha, size) for path, (sha, size) in data["files"].items()}
+            if len(self._manifests) >= MANIFEST_CACHE:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[key] = found
+        return found
+
+    def _stored(self, project: str, item: str, state: dict[str, Any]) -> dict[str, int]:
+        """The distinct contents an item holds: sha256 -> size."""
+        if state["type"] == "collection":
+            return {f["sha256"]: f["size"] for f in state["files"]}
+        held: dict[str, int] = {}
+        for release in state["releases"]:
+            held.update(self._manifest(project, item, release["release"]).values())
+        return held
 
     @contextlib.contextmanager
     def _item_lock(self, project: str, item: str) -> Iterator[None]:
@@ -186,14 +230,16 @@ class Store:
                                         f"{BOOKKEEPING}/{item}/{release}", tmp_tag=f"{item}+")
 
     def _commit(self, project: str, item: str, state: dict[str, Any], *,
-                stage: Path | None = None, doomed: Iterable[str] = ()) -> None:
+                stage: Path | None = None, doomed: Iterable[str] = (),
+                freed: Iterable[str] | None = None) -> None:
         """Make ``state`` the item's, and its ``live`` release live: the step that publishes.
 
         What can fail for want of space - moving ``stage`` in as the new release, making
         the new symlink - happens before the state file is replaced (the commit point) and
         is undone if that fails. After it only the rename over the live symlink and the
         deletion of the ``doomed`` releases are left, and neither can turn the change into
-        an error: nothing may answer 507 for a change that took effect. Called with the
+        an error: nothing may answer 507 for a change that took effect. ``freed``: the blobs
+        the doomed held, when they are not in manifests (a collection's). Called with the
         item lock held.
         """
         folder = self._item_dir(project, item)
@@ -209,12 +255,21 @@ class Store:
                         os.rename(folder / release, stage)
                 raise
         for gone in doomed:
-            self._discard_release(project, item, gone)
+            self._discard_release(project, item, gone, freed)
 
-    def _discard_release(self, project: str, item: str, release: str) -> None:
-        """Delete a release nothing refers to any more; a failure is left to the sweep."""
+    def _discard_release(self, project: str, item: str, release: str,
+                         freed: Iterable[str] | None = None) -> None:
+        """Delete a release nothing refers to any more, then the blobs only it held; a
+        failure is left to the sweep and the collector."""
+        manifest = self._manifest_dir(project, item) / f"{release}.json"
+        if freed is None:
+            freed = [sha for sha, _ in self._manifest(project, item, release).values()]
+        shas = list(freed)
         try:
-            storage.remove_tree(self._item_dir(project, item) / release, wait=False)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(manifest)
+            storage.remove_tree(self._item_dir(project, item) / release, wait=False,
+                                then=lambda: self.blobs.forget(shas))
         except OSError as exc:
             log.warning("could not delete %s/%s release %s (the next start's sweep will): %s",
                         project, item, release, exc)
@@ -293,12 +348,16 @@ class Store:
     def get_project(self, name: str) -> dict[str, Any]:
         conf = self._project(name)
         items = {}
+        held: dict[str, int] = {}
         for item, item_conf in sorted(conf["items"].items()):
             state = self._read_state(name, item, item_conf["type"])
+            stored = self._stored(name, item, state)
+            held.update(stored)
             items[item] = {**self._effective(item_conf), "live": state["live"],
-                           "last_publish": self.last_publish(name, item)}
+                           "last_publish": self.last_publish(name, item),
+                           "stored_bytes": sum(stored.values())}
         return {"name": name, "description": conf["description"], "created": conf["created"],
-                "items": items}
+                "stored_bytes": sum(held.values()), "items": items}
 
     def create_project(self, name: str, body: Any) -> dict[str, Any]:
         check_name(name, "project name")
@@ -350,9 +409,12 @@ class Store:
     def delete_project(self, name: str, forget: Callable[[], None] | None = None) -> None:
         """Delete a project and its files; ``forget`` runs right after the commit point
         (projects.json), before the slow removal of the files, to end its tokens."""
-        self._project(name)
+        conf = self._project(name)
         folder = self.items_state / name
         folder.mkdir(parents=True, exist_ok=True)
+        held: set[str] = set()
+        for item in set(conf["items"]) | self._items_on_disk(name):
+            held |= self._held_blobs(name, item)
 
         def remove(projects: dict[str, Any]) -> None:
             if projects.pop(name, None) is None:
@@ -365,6 +427,7 @@ class Store:
                 forget()
             storage.remove_tree(self.base / name)
         storage.remove_tree(folder)
+        self.blobs.forget(held)
         self._write_root_page()
 
     # ----------------------------------------------------------------- upload
@@ -437,6 +500,8 @@ class Store:
                     # server: the same file under a second name, not a copy.
                     os.link(stage / name, stage / "index.html")
                 files, page = 1, ("" if name == "index.html" else quote(name))
+                manifest = dict.fromkeys({name, "index.html"}, (upload.sha256, upload.size))
+                size = upload.size
             else:
                 if not archive.sniff(conf["type"], str(upload.path)):
                     expected = ("a gzip-compressed tar archive" if conf["type"] == "tgz"
@@ -447,16 +512,24 @@ class Store:
                                        self.limits)
                 warnings, files, page = list(done.warnings), done.files, ""
                 unwrapped = done.root or None
+                manifest, size = done.manifest, done.bytes
+            self.blobs.intern((f"{stage}/{path}", sha) for path, (sha, _) in manifest.items())
             storage.sync_filesystem(stage)
-            entry = {**entry, "files": files}
+            entry = {**entry, "files": files, "bytes": size}
             with self._item_lock(project, item):
                 may_commit()
                 state = self._read_state(project, item, conf["type"])
                 release = _new_id({r["release"] for r in state["releases"]})
+                self._write_manifest(project, item, release, manifest)
                 state["releases"].append({"release": release, **entry})
                 state["live"] = release
                 doomed = self._beyond_keep(conf, state)
-                self._commit(project, item, state, stage=stage, doomed=doomed)
+                try:
+                    self._commit(project, item, state, stage=stage, doomed=doomed)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._manifest_dir(project, item) / f"{release}.json")
+                    raise
         return {"release": release, "files": files, "warnings": warnings,
                 "unwrapped": unwrapped, "url": f"{quote(project)}/{quote(item)}/{page}"}
 
@@ -471,6 +544,7 @@ class Store:
         self._refuse_existing(project, item, conf, name)
         with self._staging(project, item) as stage, storage.disk_errors("storing the upload"):
             _place(upload, stage / name)
+            self.blobs.intern([(str(stage / name), upload.sha256)])
             storage.sync_filesystem(stage)
             with self._item_lock(project, item):
                 may_commit()
@@ -508,8 +582,9 @@ class Store:
         live_dir = self._item_dir(project, item) / state["live"] if state["live"] else None
         for f in files:
             target = stage / f["name"]
-            if not target.exists() and live_dir is not None:
-                os.link(live_dir / f["name"], target)
+            if (not target.exists() and not self.blobs.link(f["sha256"], str(target))
+                    and live_dir is not None):
+                os.link(live_dir / f["name"], target)  # a blob of an old store
         newest_first = list(reversed(files))
         listing = [{**f, "url": quote(f["name"])} for f in newest_first]
         _write_file(stage / "index.html", pages.collection_page(project, item, newest_first))
@@ -519,9 +594,10 @@ class Store:
                     (json.dumps(index, indent=1) + "\n").encode())
         storage.sync_filesystem(stage)
         generation = _new_id({state["live"]} if state["live"] else set())
-        old = state["live"]
+        old, old_files = state["live"], state["files"]
         state = {"type": "collection", "live": generation, "files": files}
-        self._commit(project, item, state, stage=stage, doomed=[old] if old else [])
+        self._commit(project, item, state, stage=stage, doomed=[old] if old else [],
+                     freed=[f["sha256"] for f in old_files])
         return state
 
     def _still_configured(self, project: str, item: str, conf: dict[str, Any],
@@ -539,14 +615,17 @@ class Store:
     def item_info(self, project: str, item: str, site_url: str) -> dict[str, Any]:
         conf = self._item_conf(project, item)
         state = self._read_state(project, item, conf["type"])
+        stored = sum(self._stored(project, item, state).values())
         if conf["type"] == "collection":
             prefix = f"{site_url}{quote(project)}/{quote(item)}/"
             files = [{**f, "url": prefix + quote(f["name"])} for f in reversed(state["files"])]
             return {"name": item, "type": "collection", **self._effective(conf),
-                    "live": state["live"], "url": prefix, "files": files}
+                    "live": state["live"], "stored_bytes": stored, "url": prefix,
+                    "files": files}
+        releases = [{"bytes": None, **r} for r in reversed(state["releases"])]
         return {"name": item, **self._effective(conf), "live": state["live"],
-                "url": f"{site_url}{quote(project)}/{quote(item)}/",
-                "releases": list(reversed(state["releases"]))}
+                "stored_bytes": stored, "url": f"{site_url}{quote(project)}/{quote(item)}/",
+                "releases": releases}
 
     def latest_url(self, project: str, item: str, site_url: str) -> str:
         info = self.item_info(project, item, site_url)
@@ -634,11 +713,23 @@ class Store:
             self._remove_item_data(project, item)
 
     def _remove_item_data(self, project: str, item: str) -> None:
-        """Delete an item's live link, releases and state. Called with the item lock held."""
+        """Delete an item's live link, releases and state, then the blobs only it held.
+        Called with the item lock held."""
+        held = self._held_blobs(project, item)
         self._point_live(project, item, None)
         storage.remove_tree(self._item_dir(project, item))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._state_path(project, item))
+        storage.remove_tree(self._manifest_dir(project, item))
+        self.blobs.forget(held)
+
+    def _held_blobs(self, project: str, item: str) -> set[str]:
+        """Every blob an item's state file and manifests name, whatever its type."""
+        state = storage.read_json(self._state_path(project, item), None) or {}
+        held = {f["sha256"] for f in state.get("files", [])}
+        for r in state.get("releases", []):
+            held.update(sha for sha, _ in self._manifest(project, item, r["release"]).values())
+        return held
 
     # ---------------------------------------------------------------- pages
 
@@ -673,6 +764,80 @@ class Store:
             projects = [{"name": n, "description": c["description"], "items": c["items"]}
                         for n, c in sorted(self.registry.load().items())]
             _write_page(self.base / "index.html", pages.root_page(projects))
+
+    # ---------------------------------------------------------- maintenance
+
+    def _write_format(self) -> None:
+        storage.write_json(self.format_path, {"format": FORMAT})
+
+    def format(self) -> int:
+        """The store's format: 1 until a store written by an older artstore is upgraded."""
+        return int(storage.read_json(self.format_path, {"format": 1})["format"])
+
+    def maintain(self) -> Collected | None:
+        """The background work, done by one worker at a time (None when another is at it):
+        finish upgrading a store of an older format, then collect unreferenced blobs."""
+        with storage.locked(self.settings.state_dir / "maintenance.lock",
+                            blocking=False) as mine:
+            if not mine:
+                return None
+            if self.format() < FORMAT:
+                self.upgrade()
+            collected = self.blobs.collect()
+        if collected.blobs:
+            log.info("collected %d unreferenced blobs (%d bytes); %d in use",
+                     collected.blobs, collected.bytes, collected.kept)
+        return collected
+
+    def upgrade(self) -> None:
+        """Bring a store written by an older artstore (format 1: every release a full copy)
+        to the blob store, in place, while it serves.
+
+        Item by item under the item lock: each kept release's files become links of their
+        blobs, one ``rename`` each, so a served file never goes missing or changes; then the
+        release gets its manifest and the item's state its ``bytes``. Killed at any point,
+        it starts again at the next start: files already linked are passed over, and the
+        format is recorded only when every item is done.
+        """
+        for name, conf in self.registry.load().items():
+            for item, item_conf in conf["items"].items():
+                with self._item_lock(name, item):
+                    if self.registry.get(name) is not None:  # not deleted meanwhile
+                        self._upgrade_item(name, item, item_conf)
+        self._write_format()
+        log.info("the store is upgraded to format %d", FORMAT)
+
+    def _upgrade_item(self, project: str, item: str, conf: dict[str, Any]) -> None:
+        state = self._read_state(project, item, conf["type"])
+        folder = self._item_dir(project, item)
+        changed = False
+        if conf["type"] == "collection":
+            live = folder / state["live"] if state["live"] else None
+            for f in state["files"] if live else []:
+                path = str(live / f["name"])
+                sha, size = _hash_file(path)
+                if (sha, size) != (f["sha256"], f["size"]):
+                    log.warning("%s/%s: %s does not hold what was uploaded; recorded as it is",
+                                project, item, f["name"])
+                    f.update(sha256=sha, size=size)
+                    changed = True
+                self.blobs.intern([(path, sha)])
+        for release in state.get("releases", []):
+            if release.get("bytes") is not None:
+                continue
+            tree = folder / release["release"]
+            paths = _tree_files(tree)
+            if conf["type"] == "html" and paths and "index.html" not in paths:
+                os.link(tree / paths[0], tree / "index.html")  # as an html release is now
+                paths.append("index.html")
+            manifest = {path: _hash_file(f"{tree}/{path}") for path in paths}
+            self.blobs.intern((f"{tree}/{path}", sha) for path, (sha, _) in manifest.items())
+            self._write_manifest(project, item, release["release"], manifest)
+            release["bytes"] = sum(size for path, (_, size) in manifest.items()
+                                   if conf["type"] != "html" or path == paths[0])
+            changed = True
+        if changed:
+            self._write_state(project, item, state)
 
     # ---------------------------------------------------------------- sweep
 
@@ -714,8 +879,10 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             found.update(os.listdir(self.base / project / BOOKKEEPING))
         with contextlib.suppress(FileNotFoundError):
-            found.update(n[:-len(".json")] for n in os.listdir(self.items_state / project)
-                         if n.endswith(".json"))
+            for n in os.listdir(self.items_state / project):
+                for suffix in (".json", MANIFESTS):
+                    if n.endswith(suffix):
+                        found.add(n[:-len(suffix)])
         return {n for n in found if not n.startswith(storage.TMP_PREFIX)}
 
     def _sweep_removed_item(self, project: str, item: str) -> None:
@@ -749,6 +916,13 @@ class Store:
                     state["live"] = state["releases"][-1]["release"] if known else None
             for stray in on_disk - known:
                 storage.remove_tree(folder / stray)
+            manifests = self._manifest_dir(project, item)
+            storage.sweep_temp_entries(manifests)
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(manifests):
+                    release = name[:-len(".json")]
+                    if conf["type"] == "collection" or release not in known:
+                        os.unlink(manifests / name)  # of a publish killed before its commit
             if json.dumps(state, sort_keys=True) != before:
                 self._write_state(project, item, state)
             if self._live_target(project, item) != state["live"]:
@@ -766,6 +940,26 @@ def _new_id(taken: set[str]) -> str:
         release = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
         if release not in taken:
             return release
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _tree_files(tree: Path) -> list[str]:
+    """The regular files below ``tree``, as manifest paths."""
+    found = []
+    for folder, _dirs, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                found.append(os.path.relpath(path, tree).replace(os.sep, "/"))
+    return found
 
 
 def _base_name(filename: str) -> str:
