@@ -267,6 +267,13 @@ def old_store(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def upgraded(before: dict[str, bytes]) -> dict[str, bytes]:
+    """What is served after the upgrade: the same, plus each html report as its item's
+    index.html too, as an html item is published now."""
+    return {**before, **{f"{p}/report/index.html": before[f"{p}/report/report.html"]
+                         for p in ("alpha", "beta")}}
+
+
 def served(base: Path) -> dict[str, bytes]:
     """Every published file as nginx would serve it: through the live links."""
     found = {}
@@ -290,7 +297,7 @@ def test_a_store_written_by_artstore_0_1_is_upgraded_in_place(tmp_path: Path) ->
     try:
         wait_until(lambda: (state / "format.json").exists(), timeout=60)
         assert json.loads((state / "format.json").read_text()) == {"format": 2}
-        assert served(base) == before
+        assert served(base) == upgraded(before)
         blobs = LocalBlobStore(base)
         for project in ("alpha", "beta"):
             for item in ("docs", "site", "report", "builds"):
@@ -374,7 +381,7 @@ def test_an_upgrade_killed_half_way_keeps_every_served_file_and_finishes_later(
         stop.set()
         watcher.join()
     assert reader_saw == []
-    assert served(base) == before
+    assert served(base) == upgraded(before)
     assert json.loads((state / "format.json").read_text()) == {"format": 2}
     for project in ("alpha", "beta"):
         record = json.loads((state / "items" / project / "docs.json").read_text())
@@ -385,7 +392,7 @@ def test_an_upgrade_killed_half_way_keeps_every_served_file_and_finishes_later(
     assert len(leftovers) <= 1  # the killed intern's link, removed by the next collection
     LocalBlobStore(base).collect()
     assert list((base / ".artstore" / "blobs").rglob(".tmp-*")) == []
-    assert served(base) == before
+    assert served(base) == upgraded(before)
     shutil.rmtree(state)
 
 
