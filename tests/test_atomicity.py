@@ -217,7 +217,7 @@ from artstore.store import Store
 store = Store(settings.load(Path(sys.argv[1]), environ={}))
 upload = store.receive()
 upload.write(Path(sys.argv[2]).read_bytes())
-store.publish("demo", "docs", upload, filename=None, metadata={}, sha256=None, site_url="/")
+store.publish("demo", "docs", upload, filename=None, metadata={}, sha256=None)
 upload.discard()
 """
 
@@ -255,12 +255,12 @@ def test_sigkill_at_each_step_of_the_swap_then_restart_finds_a_whole_release(
     restarted.sweep()
     live = check_whole_live_release(settings.base_path, "demo", "docs")
     assert live in (2, 3)
-    info = restarted.item_info("demo", "docs", "/")
-    assert info["live"] == os.path.basename(os.readlink(settings.base_path / "demo/docs"))
-    assert info["live"] in [r["release"] for r in info["releases"]]
-    assert len(info["releases"]) <= 2
+    state = restarted.item_view("demo", "docs").state
+    assert state.live == os.path.basename(os.readlink(settings.base_path / "demo/docs"))
+    assert state.live in [r.id for r in state.releases]
+    assert len(state.releases) <= 2
     kept = sorted(p.name for p in (settings.base_path / "demo/.artstore/docs").iterdir()
                   if not p.name.startswith(".tmp-"))
-    assert kept == sorted(r["release"] for r in info["releases"])
+    assert kept == sorted(r.id for r in state.releases)
     assert_no_leftovers(settings)
     check_store(settings.state_dir)

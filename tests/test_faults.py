@@ -477,9 +477,9 @@ def test_a_sweep_racing_a_project_delete_leaves_no_directory_behind(
     store = Store(settings)
     store.create_project("gone", {"items": {"docs": {"type": "tgz"}}})
     starting = Store(settings)
-    loaded_before_the_delete = starting.registry.load()
+    loaded_before_the_delete = starting.catalog.registry.load()
     store.delete_project("gone")
-    monkeypatch.setattr(starting.registry, "load", lambda: loaded_before_the_delete)
+    monkeypatch.setattr(starting.catalog.registry, "load", lambda: loaded_before_the_delete)
     starting.sweep()
     monkeypatch.undo()
     Store(settings).sweep()  # and the next start
@@ -491,7 +491,7 @@ def test_a_project_delete_cut_short_is_finished_by_the_next_start(tmp_path: Path
     settings, Store = _store(tmp_path)
     store = Store(settings)
     store.create_project("gone", {"items": {"docs": {"type": "tgz"}}})
-    store.registry.change(lambda projects: projects.pop("gone"))
+    store.catalog.change_projects(lambda projects: projects.pop("gone"))
     Store(settings).sweep()
     assert orphans(tmp_path / "state") == []
 
@@ -580,7 +580,7 @@ def test_the_start_up_sweep_ends_the_tokens_of_projects_that_do_not_exist(
         assert client.post(f"/{name}", json={"items": ITEMS}, headers=AUTH).status_code == 201
     tokens = {name: client.post(f"/{name}/_tokens", headers=AUTH).get_json()["token"]
               for name in ("gone", "kept")}
-    client.application.extensions["artstore"].store.registry.change(
+    client.application.extensions["artstore"].store.catalog.change_projects(
         lambda projects: projects.pop("gone"))
     assert sorted(stored_tokens(tmp_path)) == ["gone", "kept"]
     restarted = _app(tmp_path).test_client()
@@ -599,15 +599,18 @@ def test_a_token_is_never_created_for_a_project_deleted_while_it_is_made(
     client = app.test_client()
     assert client.post("/gone", json={"items": ITEMS}, headers=AUTH).status_code == 201
     services = app.extensions["artstore"]
-    real_get_project = services.store.get_project
+    real_project = services.store.project
+    calls = []
 
     def deleted_meanwhile(name: str) -> Any:
-        found = real_get_project(name)
-        services.store.delete_project(name)  # as DELETE /gone does, in another worker
-        services.tokens.drop_project(name)
+        found = real_project(name)
+        calls.append(name)
+        if len(calls) == 1:
+            services.store.delete_project(name)  # as DELETE /gone does, in another worker
+            services.tokens.drop_project(name)
         return found
 
-    monkeypatch.setattr(services.store, "get_project", deleted_meanwhile)
+    monkeypatch.setattr(services.store, "project", deleted_meanwhile)
     assert client.post("/gone/_tokens", headers=AUTH).status_code == 404
     monkeypatch.undo()
     assert "gone" not in stored_tokens(tmp_path)
@@ -627,7 +630,7 @@ def test_an_item_removal_cut_short_is_finished_by_the_next_start(
     for n in (1, 2):
         publish_direct(store, "demo", "docs", release_tgz(n))
     if kill == "before-the-removal":
-        monkeypatch.setattr(Store, "_drop_item", _killed)
+        monkeypatch.setattr(Store, "_remove_item", _killed)
     else:
         monkeypatch.setattr(storage.shutil, "rmtree", _killed)
     without_docs = {k: v for k, v in ITEMS.items() if k != "docs"}
@@ -641,8 +644,8 @@ def test_an_item_removal_cut_short_is_finished_by_the_next_start(
     assert list((public / ".artstore").iterdir()) == []  # nothing else was published
     assert not (state / "items/demo/docs.json").exists()
     store.update_project("demo", {"items": ITEMS}, prune=False)
-    info = store.item_info("demo", "docs", "/")
-    assert (info["live"], info["releases"]) == (None, [])
+    state = store.item_view("demo", "docs").state
+    assert (state.live, state.releases) == (None, ())
 
 
 def publish_direct(store: Any, project: str, item: str, data: bytes) -> None:
@@ -650,8 +653,7 @@ def publish_direct(store: Any, project: str, item: str, data: bytes) -> None:
     upload = store.receive()
     try:
         upload.write(data)
-        store.publish(project, item, upload, filename="f.bin", metadata={}, sha256=None,
-                      site_url="/")
+        store.publish(project, item, upload, filename="f.bin", metadata={}, sha256=None)
     finally:
         upload.discard()
 

@@ -249,8 +249,7 @@ def test_project_listing_follows_changes_made_by_another_worker(
     other = Store(settings)  # another worker process, as far as the files can tell
     upload = other.receive()
     upload.write(b"<p>hi</p>")
-    other.publish("demo", "report", upload, filename=None, metadata={}, sha256=None,
-                  site_url="/")
+    other.publish("demo", "report", upload, filename=None, metadata={}, sha256=None)
     upload.discard()
     assert client.get("/").get_json()["projects"][0]["last_publish"] is not None
     other.create_project("second", {"items": {}})
@@ -274,11 +273,10 @@ def test_a_project_has_a_creation_id_that_only_deleting_and_creating_it_again_ch
 
 
 def test_a_project_stored_before_creation_ids_existed_still_loads(settings: Any) -> None:
-    from artstore.registry import Registry
+    from artstore.catalog import Project, Registry
 
     (settings.state_dir / "projects.json").write_text(json.dumps({"old": {"items": {}}}))
-    assert Registry(settings.state_dir).get("old") == {"description": "", "items": {},
-                                                       "created": ""}
+    assert Registry(settings.state_dir).get("old") == Project("old", "", "", {})
 
 
 def test_behind_a_trusted_proxy_urls_follow_its_forwarded_host_but_not_a_forwarded_port(

@@ -445,7 +445,7 @@ def test_a_disk_filling_just_before_the_commit_answers_507_and_changes_nothing(
     tests/test_faults.py fills a real one at random steps.)"""
     import errno
 
-    from artstore.store import Store
+    from artstore.catalog import FileCatalog
 
     assert post(client, "/demo/docs", tgz({"index.html": b"v1"})).status_code == 201
     before = client.get("/demo/docs").get_json()
@@ -453,7 +453,7 @@ def test_a_disk_filling_just_before_the_commit_answers_507_and_changes_nothing(
     def full(*_args: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Store, "_write_state", full)
+    monkeypatch.setattr(FileCatalog, "save_item", full)  # the commit point
     r = post(client, "/demo/docs", tgz({"index.html": b"v2"}))
     assert r.status_code == 507, r.get_json()
     monkeypatch.undo()
@@ -473,7 +473,8 @@ def test_a_publish_that_took_effect_is_answered_201_even_if_the_disk_fills_after
     for later when the disk is full. (A double, as above.)"""
     import errno
 
-    from artstore import storage, store
+    from artstore import storage
+    from artstore.blobs import LocalBlobStore
 
     make_project("demo", {"docs": {"type": "tgz", "keep": 1}})
     assert post(client, "/demo/docs", tgz({"index.html": b"v1"})).status_code == 201
@@ -481,12 +482,12 @@ def test_a_publish_that_took_effect_is_answered_201_even_if_the_disk_fills_after
     def full(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def page_on_full_disk(path: Path, _data: bytes) -> None:
-        with storage.disk_errors(f"writing {path.name}"):  # as atomic_write would fail
+    def page_on_full_disk(_self: Any, _project: str, _data: bytes) -> None:
+        with storage.disk_errors("writing index.html"):  # as atomic_write would fail
             full()
 
     if fails == "project page":
-        monkeypatch.setattr(store, "_write_page", page_on_full_disk)
+        monkeypatch.setattr(LocalBlobStore, "write_page", page_on_full_disk)
     else:
         monkeypatch.setattr(storage, "remove_tree", full)
     r = post(client, "/demo/docs", tgz({"index.html": b"v2"}))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from artstore.registry import Registry
+from artstore.catalog import Registry
 
 from .conftest import ADMIN, AUTH, Server, start_server, write_config
 
@@ -162,13 +162,13 @@ def test_fifty_projects_created_concurrently_by_several_processes_are_all_kept(
 
 WRITER = """
 import sys
-from artstore.registry import Registry
+from artstore.catalog import Project, Registry
 reg = Registry(sys.argv[1])
 i = 0
 while True:
     i += 1
     def grow(projects, i=i):
-        projects[f"p{i % 300}"] = {"description": "x" * (i % 500), "items": {}}
+        projects[f"p{i % 300}"] = Project(f"p{i % 300}", "x" * (i % 500), "", {})
     reg.change(grow)
 """
 

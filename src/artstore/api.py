@@ -44,7 +44,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .openapi import document
 from .settings import Settings, config_path, load
-from .store import Incoming, Store, upload_too_large
+from .store import Incoming, ItemView, ProjectView, Published, Store, upload_too_large
 
 log = logging.getLogger("artstore")
 PROBLEM = "application/problem+json"
@@ -409,30 +409,70 @@ def metrics() -> Any:
     return Response(services().metrics.render(), content_type=METRICS_TYPE)
 
 
+# -- bodies: the store answers with records; URLs are the HTTP layer's
+
+
+def project_json(view: ProjectView) -> dict[str, Any]:
+    project = view.project
+    return {"name": project.name, "description": project.description,
+            "created": project.created, "stored_bytes": view.stored_bytes,
+            "items": {item.name: {**item.config.as_json(), "live": item.state.live,
+                                  "last_publish": item.published,
+                                  "stored_bytes": item.stored_bytes}
+                      for item in view.items}}
+
+
+def item_url(project: str, item: str) -> str:
+    return f"{site_url()}{quote(project)}/{quote(item)}/"
+
+
+def item_json(project: str, view: ItemView) -> dict[str, Any]:
+    url = item_url(project, view.name)
+    body = {"name": view.name, **view.config.as_json(), "live": view.state.live,
+            "stored_bytes": view.stored_bytes, "url": url}
+    if view.config.is_collection:
+        body["files"] = [{**f.as_json(), "url": url + quote(f.name)}
+                         for f in reversed(view.state.files)]
+    else:
+        body["releases"] = [r.as_json() for r in reversed(view.state.releases)]
+    return body
+
+
+def published_json(done: Published) -> dict[str, Any]:
+    return {"project": done.project, "item": done.item, "sha256": done.sha256,
+            "size": done.size, "metadata": done.metadata, "release": done.release,
+            "files": done.files, "warnings": done.warnings, "unwrapped": done.unwrapped,
+            "url": item_url(done.project, done.item) + done.page}
+
+
 def list_projects() -> Any:
     may_read()
     found = services().store.list_projects()
     cached = services().listing
     if cached is None or cached[0] is not found:  # the store reuses an unchanged listing
-        cached = (found, json.dumps({"projects": found}).encode())
+        body = {"projects": [{"name": p.name, "description": p.description,
+                              "items": list(p.items), "last_publish": p.last_publish}
+                             for p in found]}
+        cached = (found, json.dumps(body).encode())
         services().listing = cached
     return Response(cached[1], mimetype="application/json")
 
 
 def create_project(project: str) -> Any:
     auth.require_admin(caller())
-    body = services().store.create_project(project, json_body())
-    return created(body, url_for("get_project", project=project, _external=True))
+    view = services().store.create_project(project, json_body())
+    return created(project_json(view), url_for("get_project", project=project, _external=True))
 
 
 def get_project(project: str) -> Any:
     may_read()
-    return services().store.get_project(project)
+    return project_json(services().store.project_view(project))
 
 
 def update_project(project: str) -> Any:
     auth.require_admin(caller())
-    return services().store.update_project(project, json_body(), prune=flag("prune"))
+    return project_json(services().store.update_project(project, json_body(),
+                                                        prune=flag("prune")))
 
 
 def delete_project(project: str) -> Any:
@@ -472,22 +512,23 @@ def upload(project: str, item: str) -> Any:
                                   "or PUT the raw body")
         incoming, filename, fields = receive_multipart(store)
     sha256 = checksum_claimed(fields)
-    result = store.publish(project, item, incoming, filename=filename, metadata=fields,
-                           sha256=sha256, site_url=site_url(),
-                           project_created=project_created,
-                           # A token revoked while the body streamed publishes nothing.
-                           check=lambda: auth.require_project(caller(), project))
-    return created(result, url_for("get_item", project=project, item=item, _external=True))
+    done = store.publish(project, item, incoming, filename=filename, metadata=fields,
+                         sha256=sha256, project_created=project_created,
+                         # A token revoked while the body streamed publishes nothing.
+                         check=lambda: auth.require_project(caller(), project))
+    return created(published_json(done),
+                   url_for("get_item", project=project, item=item, _external=True))
 
 
 def get_item(project: str, item: str) -> Any:
     may_read()
-    return services().store.item_info(project, item, site_url())
+    return item_json(project, services().store.item_view(project, item))
 
 
 def latest(project: str, item: str) -> Any:
     may_read()
-    return redirect(services().store.latest_url(project, item, site_url()), code=302)
+    newest = services().store.latest(project, item)
+    return redirect(item_url(project, item) + quote(newest.name), code=302)
 
 
 def rollback(project: str, item: str) -> Any:
@@ -498,7 +539,7 @@ def rollback(project: str, item: str) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("release"), str):
             raise BadRequest('send {"release": "<id>"}, or no body for the previous release')
         release = body["release"]
-    return services().store.rollback(project, item, release, site_url())
+    return item_json(project, services().store.rollback(project, item, release))
 
 
 def delete_file(project: str, item: str, filename: str) -> Any:
@@ -511,7 +552,7 @@ def create_token(project: str) -> Any:
     auth.require_admin(caller())
     if json_body(optional=True) not in (None, {}):
         raise BadRequest("a token takes no options: send no body, or {}")
-    services().store.get_project(project)
+    services().store.project(project)
     # Checked again under the tokens' lock, so a delete running meanwhile cannot miss it.
     body = services().tokens.create(project,
                                     check=lambda: services().store.project_created(project))
@@ -520,13 +561,13 @@ def create_token(project: str) -> Any:
 
 def list_tokens(project: str) -> Any:
     auth.require_admin(caller())
-    services().store.get_project(project)
+    services().store.project(project)
     return {"tokens": services().tokens.list(project)}
 
 
 def revoke_token(project: str, token_id: str) -> Any:
     auth.require_admin(caller())
-    services().store.get_project(project)
+    services().store.project(project)
     services().tokens.revoke(project, token_id)
     return "", 204
 
@@ -577,7 +618,7 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None, *,
     try:
         store.sweep()
         # A project delete killed before it ended the tokens.
-        tokens.drop_unless(lambda project: store.registry.get(project) is not None)
+        tokens.drop_unless(lambda project: store.catalog.project(project) is not None)
     except Exception:  # noqa: BLE001
         # Housekeeping must never keep a worker from starting: gunicorn stops the whole
         # service when one fails to boot. What is left is swept at the next start.

@@ -1,14 +1,18 @@
-"""The blob store's local home: every published file's bytes, stored once by their sha256.
+"""The blob store's local home: every published file's bytes, stored once by their sha256,
+and the trees nginx serves, made of links to them.
 
-Layout, under ``base_path`` (a dot-directory, so never served)::
+Layout, under ``base_path``::
 
-    base_path/.artstore/blobs/<sha[:2]>/<sha>     one file per content
+    .artstore/blobs/<sha[:2]>/<sha>              one file per content (never served: a dot-path)
+    <project>/.artstore/<item>/<release>/        a release tree: hard links to blobs
+    <project>/.artstore/<item>/.tmp-stage-*      a release being built (claimed, swept)
+    <project>/<item> -> .artstore/<item>/<id>    what is live: a symlink, swapped by rename
+    index.html, <project>/index.html             the generated pages
 
-A release tree (``<project>/.artstore/<item>/<release>/``) is made of hard links to these
-files, so kept releases and collection files that share content share its storage, and a
-file's link count says how many trees hold it: a blob whose count is 1 is referenced by no
-tree and is garbage. That makes the collector exact and cheap (one ``stat`` per blob), and
-the trees of publishes still in flight count too, with nothing to register.
+Kept releases and collection files that share content share its storage, and a blob's link
+count says how many trees hold it: a blob whose count is 1 is held by no tree and is garbage.
+That makes the collector exact and cheap (one ``stat`` per blob), and the trees of publishes
+still in flight count too, with nothing to register.
 
 Guarantees:
 
@@ -17,9 +21,12 @@ Guarantees:
   refuses one more link to a blob (ext4: 65,000), keeps its own copy. The bytes at each path
   never change and the path never goes missing: a file is replaced by a link with one
   ``rename``.
-- ``collect``: deletes blobs no tree links to. A prefix directory is locked exclusively while
-  it is collected and shared by ``intern``, so a blob a publish is about to link is never
-  deleted under it. Killed at any point, it has deleted whole blobs only.
+- ``collect`` and ``forget``: delete only blobs no tree links to. A prefix directory is locked
+  exclusively while it is collected and shared by ``intern``, so a blob a publish is about to
+  link is never deleted under it. Killed at any point, they have deleted whole blobs only.
+- ``making_live``: everything that needs space (the release moved into place, the new live
+  link made beside the old) happens before its body - the catalog's commit point - and is
+  undone if the body fails; after it only one ``rename`` over the live link is left.
 
 The one limit of link counting: a file kept as its own copy (the link limit above) does not
 count for its blob, so the blob may be collected while that release still holds the bytes in
@@ -31,14 +38,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import logging
 import os
+import shutil
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import storage
+from .catalog import Manifest
+from .names import NAME_RE
 from .storage import TMP_PREFIX
+
+log = logging.getLogger("artstore")
+BOOKKEEPING = ".artstore"
+CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,11 +67,201 @@ class Collected:
 
 
 class LocalBlobStore:
-    """Blobs under ``base_path/.artstore/blobs``, on the filesystem of the release trees."""
+    """Blobs and the served trees under ``base_path`` (see the module's guarantees)."""
 
     def __init__(self, base: Path) -> None:
-        self.root = Path(base) / ".artstore" / "blobs"
+        self.base = Path(base)
+        self.root = self.base / BOOKKEEPING / "blobs"
         self.root.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------- trees
+
+    def _item_dir(self, project: str, item: str) -> Path:
+        return self.base / project / BOOKKEEPING / item
+
+    @contextlib.contextmanager
+    def staging(self, project: str, item: str) -> Iterator[Path]:
+        """A new, claimed directory to build a release in; removed unless it went live."""
+        folder = self._item_dir(project, item)
+        folder.mkdir(parents=True, exist_ok=True)
+        stage, claim = storage.claimed_dir(folder, TMP_PREFIX + "stage-")
+        try:
+            os.chmod(stage, 0o755)
+            yield stage
+        finally:
+            os.close(claim)
+            if stage.exists():  # not moved into place: the publish failed
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def seal(self, stage: Path, manifest: Manifest) -> None:
+        """Make every file of a built release a link of its blob, and flush it all to
+        disk: what a publish needs before its commit point."""
+        self.intern((f"{stage}/{path}", sha) for path, (sha, _) in manifest.items())
+        storage.sync_filesystem(stage)
+
+    def place(self, source: Path, stage: Path, name: str) -> None:
+        """Put a received file into ``stage`` under ``name``: moved (a hard link) where the
+        filesystem allows, else copied."""
+        target = stage / name
+        try:
+            os.link(source, target)
+        except OSError:
+            with open(source, "rb") as src, open(target, "xb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        os.chmod(target, 0o644)
+
+    def alias(self, stage: Path, name: str, other: str) -> None:
+        """``other`` in ``stage`` is the same file as ``name`` (a link: no second copy)."""
+        os.link(stage / name, stage / other)
+
+    def write(self, stage: Path, name: str, data: bytes) -> None:
+        """A generated file of a release (a collection's index pages)."""
+        with open(stage / name, "xb") as fh:
+            fh.write(data)
+        os.chmod(stage / name, 0o644)
+
+    def keep(self, stage: Path, name: str, sha256: str, project: str, item: str,
+             live: str | None) -> None:
+        """Put a kept collection file into a new generation: a link of its blob, or of the
+        live generation's file where the blob is missing (an old store, not upgraded yet)."""
+        target = stage / name
+        if not target.exists() and not self.link(sha256, str(target)) and live:
+            os.link(self._item_dir(project, item) / live / name, target)
+
+    @contextlib.contextmanager
+    def making_live(self, project: str, item: str, release: str,
+                    stage: Path | None = None) -> Iterator[None]:
+        """Make ``release`` (``stage`` moved into place, if given) what is live, around the
+        body, which is the commit point (see the module's guarantees)."""
+        folder = self._item_dir(project, item)
+        with storage.swapping_symlink(self.base / project / item,
+                                      f"{BOOKKEEPING}/{item}/{release}", tmp_tag=f"{item}+"):
+            if stage is not None:
+                os.rename(stage, folder / release)
+            try:
+                yield
+            except BaseException:
+                if stage is not None:  # back where the staging clean-up removes it
+                    with contextlib.suppress(OSError):
+                        os.rename(folder / release, stage)
+                raise
+
+    def point_live(self, project: str, item: str, release: str | None) -> None:
+        """Make the live link point at ``release`` (None: remove it)."""
+        if release is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.base / project / item)
+            return
+        with self.making_live(project, item, release):
+            pass
+
+    def live(self, project: str, item: str) -> str | None:
+        """The release the live link points at."""
+        try:
+            return os.path.basename(os.readlink(self.base / project / item))
+        except OSError:
+            return None
+
+    def published(self, project: str, item: str) -> str | None:
+        """When the live release was swapped in: the time of the live link."""
+        try:
+            st = os.lstat(self.base / project / item)
+        except FileNotFoundError:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))
+
+    def trees(self, project: str, item: str) -> set[str]:
+        """The releases (or generations) on disk."""
+        with contextlib.suppress(FileNotFoundError):
+            return {e.name for e in os.scandir(self._item_dir(project, item))
+                    if not e.name.startswith(TMP_PREFIX)}
+        return set()
+
+    def discard(self, project: str, item: str, release: str, held: Iterable[str]) -> None:
+        """Delete a tree nothing refers to any more, in the background, then the blobs only
+        it ``held``; a failure is left to the sweep and the collector."""
+        shas = list(held)
+        try:
+            storage.remove_tree(self._item_dir(project, item) / release, wait=False,
+                                then=lambda: self.forget(shas))
+        except OSError as exc:
+            log.warning("could not delete %s/%s release %s (the next start's sweep will): %s",
+                        project, item, release, exc)
+
+    def remove_item(self, project: str, item: str) -> None:
+        """Delete an item's live link and trees (``forget`` their blobs after)."""
+        self.point_live(project, item, None)
+        storage.remove_tree(self._item_dir(project, item))
+
+    def add_project(self, project: str) -> None:
+        (self.base / project).mkdir(exist_ok=True)
+
+    def remove_project(self, project: str) -> None:
+        """Delete a project's pages, live links and trees (``forget`` their blobs after)."""
+        storage.remove_tree(self.base / project)
+
+    def write_page(self, project: str | None, data: bytes) -> None:
+        """Replace the root's (``project`` None) or a project's generated page, atomically,
+        unless it already says exactly that."""
+        folder = self.base if project is None else self.base / project
+        path = folder / "index.html"
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+        folder.mkdir(exist_ok=True)
+        storage.atomic_write(path, data)
+
+    def items_on_disk(self, project: str) -> set[str]:
+        """The items that have a live link or trees."""
+        found: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            found.update(e.name for e in os.scandir(self.base / project) if e.is_symlink())
+        with contextlib.suppress(FileNotFoundError):
+            found.update(os.listdir(self.base / project / BOOKKEEPING))
+        return {n for n in found if not n.startswith(TMP_PREFIX)}
+
+    def sweep(self, projects: Iterable[str]) -> None:
+        """Remove leftovers under ``base_path``: of writers that died, of project deletes
+        cut short. Claimed work in progress of other workers is left alone."""
+        known = set(projects)
+        storage.sweep_temp_entries(self.base)
+        for entry in os.scandir(self.base):
+            if (entry.is_dir(follow_symlinks=False) and entry.name not in known
+                    and _is_project_dir(Path(entry.path))):
+                storage.remove_tree(Path(entry.path))  # a delete that was cut short
+        for name in known:
+            for folder in (self.base / name, self.base / name / BOOKKEEPING):
+                storage.sweep_temp_entries(folder)
+
+    def sweep_item(self, project: str, item: str, keep: set[str]) -> None:
+        """Remove an item's leftovers and every tree not in ``keep``. Called with the item
+        lock held (temp live links are made under it)."""
+        storage.sweep_temp_entries(self.base / project, symlink_tag=f"{item}+")
+        storage.sweep_temp_entries(self._item_dir(project, item))
+        for stray in self.trees(project, item) - keep:
+            storage.remove_tree(self._item_dir(project, item) / stray)
+
+    def adopt(self, project: str, item: str, release: str) -> dict[str, tuple[str, int]]:
+        """Hash a tree written before the blob store and make its files links of their
+        blobs (see ``intern``); its manifest."""
+        tree = self._item_dir(project, item) / release
+        manifest = {path: _hash_file(f"{tree}/{path}") for path in _tree_files(tree)}
+        self.intern((f"{tree}/{path}", sha) for path, (sha, _) in manifest.items())
+        return manifest
+
+    def adopt_file(self, project: str, item: str, release: str, name: str) -> tuple[str, int]:
+        path = str(self._item_dir(project, item) / release / name)
+        sha, size = _hash_file(path)
+        self.intern([(path, sha)])
+        return sha, size
+
+    def add_alias(self, project: str, item: str, release: str, name: str, other: str) -> None:
+        """In a tree written before html releases had their index.html, add it."""
+        self.alias(self._item_dir(project, item) / release, name, other)
+
+    # ------------------------------------------------------------- blobs
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -146,6 +354,37 @@ class LocalBlobStore:
                     total += sum(e.stat(follow_symlinks=False).st_size
                                  for e in os.scandir(prefix.path) if not e.name.startswith("."))
         return total
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _tree_files(tree: Path) -> list[str]:
+    """The regular files below ``tree``, as manifest paths."""
+    found = []
+    for folder, _dirs, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                found.append(os.path.relpath(path, tree).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def _is_project_dir(path: Path) -> bool:
+    """True for a directory only artstore could have made: a project's, not a user's file."""
+    if not NAME_RE.fullmatch(path.name):
+        return False
+    try:
+        return all(e.name in ("index.html", BOOKKEEPING)
+                   or e.name.startswith(TMP_PREFIX) for e in os.scandir(path))
+    except FileNotFoundError:  # deleted meanwhile by a running worker
+        return False
 
 
 def _delete_if_unlinked(blob: str) -> int | None:

@@ -17,9 +17,9 @@ from typing import Any, Callable, TextIO
 import click
 
 from . import __version__, auth
+from .catalog import ITEM_TYPES, Registry
 from .client import ArtstoreClient, ClientError, UsageError, check_names, ci_metadata
 from .errors import ConfigError
-from .registry import ITEM_TYPES, Registry
 from .settings import Settings, config_path, load, write_embedded_default
 
 EMBEDDED_DIR = "artstore-data"

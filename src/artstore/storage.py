@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import mmap
@@ -24,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .errors import InsufficientStorage
+from .errors import InsufficientStorage, TooLarge
 
 TMP_PREFIX = ".tmp-"
 
@@ -411,3 +412,58 @@ def read_json(path: Path, default: Any) -> Any:
             return json.loads(fh.read())
     except FileNotFoundError:
         return default
+
+
+def upload_too_large(limit: int) -> TooLarge:
+    return TooLarge(f"the upload is larger than the limit of {limit} bytes")
+
+
+class Incoming:
+    """An upload being received into ``temp_path``: counted, hashed and written as it comes.
+
+    It is the only copy of the body the service makes; publishing moves it into place
+    when ``temp_path`` shares a filesystem with ``base_path``. The hashing and writing
+    run in a second thread (``StreamWriter``), beside the receiving. While open
+    it holds an ``flock``, so a sweep in another worker never removes it.
+    """
+
+    def __init__(self, temp_dir: Path, limit: int) -> None:
+        fd, path = claimed_file(temp_dir, TMP_PREFIX + "upload-")
+        self.path = Path(path)
+        self.file = os.fdopen(fd, "w+b", buffering=0)
+        self.limit = limit
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._writer = StreamWriter(fd, self._hash.update)
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Take ``data`` (used only until this returns: it may be a reused buffer)."""
+        size = len(data)
+        self.size += size
+        if self.size > self.limit:
+            raise upload_too_large(self.limit)
+        with disk_errors("receiving the upload"):
+            self._writer.write(data)
+        return size
+
+    def finish(self) -> None:
+        """Wait until every byte received is written; then ``sha256`` and ``read`` work."""
+        with disk_errors("receiving the upload"):
+            self._writer.finish()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Close and delete the temp file (if publishing did not move it away)."""
+        self._writer.close()
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
