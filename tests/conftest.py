@@ -24,6 +24,14 @@ ADMIN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
+def stored_projects(state_dir: Path) -> dict[str, Any]:
+    """The projects as the state directory records them (projects.json and the changes
+    in projects.log not folded into it yet), in the file's JSON shape."""
+    from artstore.catalog import Registry
+
+    return {name: project.as_json() for name, project in Registry(state_dir).load().items()}
+
+
 def write_config(folder: Path, **overrides: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = {"base_path": str(folder / "public"), "temp_path": str(folder / "tmp"),

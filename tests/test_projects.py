@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ADMIN, AUTH
+from .conftest import ADMIN, AUTH, stored_projects
 
 ITEMS = {"docs": {"type": "tgz", "keep": 2}, "builds": {"type": "collection", "depth": 3},
          "report": {"type": "html"}}
@@ -30,7 +30,7 @@ def test_create_project_answers_201_with_its_configuration(client: Any, settings
     assert body["items"]["builds"]["depth"] == 3
     assert body["items"]["report"]["keep"] == settings.default_keep
     assert r.headers["Location"].endswith("/demo")
-    stored = json.loads((settings.state_dir / "projects.json").read_text())
+    stored = stored_projects(settings.state_dir)
     assert stored["demo"]["items"]["docs"] == {"type": "tgz", "keep": 2}
     listed = client.get("/").get_json()["projects"]
     assert [(p["name"], p["items"]) for p in listed] == [("demo", ["builds", "docs", "report"])]
@@ -56,7 +56,7 @@ def test_invalid_project_configuration_answers_400(client: Any, settings: Any,
     assert r.status_code == 400, r.get_json()
     assert r.get_json()["detail"]
     assert client.get("/demo").status_code == 404
-    assert not (settings.state_dir / "projects.json").exists()
+    assert stored_projects(settings.state_dir) == {}
 
 
 def test_project_body_that_is_not_json_is_refused(client: Any) -> None:
@@ -80,13 +80,13 @@ def test_hostile_project_names_are_refused_with_400_and_nothing_created(
         # or a '/' made it another route): still nothing may have been created.
         assert r.mimetype == "application/problem+json"
     assert sorted(p.name for p in settings.base_path.iterdir()) == before
-    assert not (settings.state_dir / "projects.json").exists()
+    assert stored_projects(settings.state_dir) == {}
 
 
 def test_empty_and_slash_names_never_create_anything(client: Any, settings: Any) -> None:
     assert client.post("/", json={"items": {}}, headers=AUTH).status_code == 405
     assert client.post("/a/b/c/d", json={}, headers=AUTH).status_code == 404
-    assert not (settings.state_dir / "projects.json").exists()
+    assert stored_projects(settings.state_dir) == {}
 
 
 def test_get_unknown_project_answers_404_problem(client: Any) -> None:
@@ -208,9 +208,9 @@ def test_tokens_are_shown_once_listed_without_secret_and_revocable(
     assert r.status_code == 201
     new = r.get_json()
     assert set(new) >= {"id", "token"}
-    stored = (settings.state_dir / "tokens.json").read_text()
+    stored = (settings.state_dir / "tokens" / "demo.json").read_text()
     assert new["token"] not in stored
-    assert (settings.state_dir / "tokens.json").stat().st_mode & 0o777 == 0o600
+    assert (settings.state_dir / "tokens" / "demo.json").stat().st_mode & 0o777 == 0o600
     listed = client.get("/demo/_tokens", headers=AUTH).get_json()["tokens"]
     assert [t["id"] for t in listed] == [new["id"]]
     assert new["token"] not in json.dumps(listed)
@@ -262,7 +262,7 @@ def test_a_project_has_a_creation_id_that_only_deleting_and_creating_it_again_ch
     assert created and client.get("/demo").get_json()["created"] == created
     r = client.put("/demo", json={"description": "new", "items": ITEMS}, headers=AUTH)
     assert r.status_code == 200 and r.get_json()["created"] == created
-    stored = json.loads((settings.state_dir / "projects.json").read_text())
+    stored = stored_projects(settings.state_dir)
     assert stored["demo"]["created"] == created
     assert client.put("/demo", json={"created": "mine", "items": ITEMS},
                       headers=AUTH).status_code == 400
@@ -296,3 +296,31 @@ def test_behind_a_trusted_proxy_urls_follow_its_forwarded_host_but_not_a_forward
     r = app.test_client().post("/demo", json={"items": ITEMS}, headers={**AUTH, **proxy})
     assert r.status_code == 201
     assert r.headers["Location"] == "https://ci.example.com:8443/artstore/demo"
+
+
+def test_tokens_kept_in_one_file_by_an_older_artstore_still_work(tmp_path: Path) -> None:
+    """artstore before the catalog kept every project's tokens in tokens.json; a start
+    moves them into a file per project, and the tokens go on working."""
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+    from artstore.auth import _digest
+
+    from .conftest import write_config
+
+    config = write_config(tmp_path / "s")
+    token = "ast_my_app_" + "A" * 43
+    (tmp_path / "s" / "tokens.json").write_text(json.dumps(
+        {"my_app": [{"id": "abc", "hash": _digest(token), "created": "2026-11-25T00:00:00Z"}]}))
+    (tmp_path / "s" / "projects.json").write_text(json.dumps(
+        {"my_app": {"description": "", "items": {"r": {"type": "html"}}}}))
+    app = create_app(settings_mod.load(config, environ={}),
+                     environ={"ARTSTORE_ADMIN_TOKEN": ADMIN})
+    client = app.test_client()
+    r = client.put("/my_app/r", data=b"<p>x</p>", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.get_json()
+    assert not (tmp_path / "s" / "tokens.json").exists()
+    assert [t["id"] for t in client.get("/my_app/_tokens", headers=AUTH).get_json()["tokens"]] \
+        == ["abc"]
+    wrong = "ast_my_app_" + "B" * 43
+    assert client.put("/my_app/r", data=b"<p>x</p>",
+                      headers={"Authorization": f"Bearer {wrong}"}).status_code == 401

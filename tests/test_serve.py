@@ -22,7 +22,7 @@ import requests
 
 from artstore.catalog import Registry
 
-from .conftest import ADMIN, AUTH, Server, start_server, write_config
+from .conftest import ADMIN, AUTH, Server, start_server, stored_projects, write_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -155,14 +155,14 @@ def test_fifty_projects_created_concurrently_by_several_processes_are_all_kept(
     with multiprocessing.get_context("spawn").Pool(5) as pool:
         codes = pool.starmap(_create_projects, [(server.url, names[i::5]) for i in range(5)])
     assert sorted(c for group in codes for c in group) == [201] * 50
-    stored = json.loads((tmp_path / "state" / "projects.json").read_text())
-    assert sorted(stored) == names
+    assert sorted(stored_projects(tmp_path / "state")) == names
     assert [p["name"] for p in requests.get(server.url + "/").json()["projects"]] == names
 
 
 WRITER = """
 import sys
 from artstore.catalog import Project, Registry
+Registry.LOG_LIMIT = 7  # kills land in appends to projects.log and in folds alike
 reg = Registry(sys.argv[1])
 i = 0
 while True:
@@ -187,6 +187,25 @@ def test_a_killed_writer_never_leaves_projects_json_truncated(tmp_path: Path) ->
     # The dead writer's lock died with it: a new change goes through at once.
     Registry(tmp_path).change(lambda projects: projects.clear())
     assert Registry(tmp_path).load() == {}
+
+
+def test_a_change_torn_by_a_crash_is_never_read_and_is_cut_off_by_the_next(
+        tmp_path: Path) -> None:
+    from artstore.catalog import Project
+
+    registry = Registry(tmp_path)
+    registry.change(lambda projects: projects.__setitem__("a", Project("a", "", "", {})))
+    with open(tmp_path / "projects.log", "ab") as log:
+        log.write(b'{"name": "b", "project": {"descrip')  # a crash in the middle of a line
+    assert list(Registry(tmp_path).load()) == ["a"]
+    Registry(tmp_path).change(lambda projects: projects.__setitem__("c", Project("c", "", "",
+                                                                                  {})))
+    assert list(Registry(tmp_path).load()) == ["a", "c"]
+    Registry(tmp_path).fold()
+    assert json.loads((tmp_path / "projects.json").read_text()) == {
+        "a": {"created": "", "description": "", "items": {}},
+        "c": {"created": "", "description": "", "items": {}}}
+    assert (tmp_path / "projects.log").read_bytes() == b""
 
 
 def test_a_hand_broken_projects_json_stops_start_up_with_a_clear_error(
@@ -277,3 +296,31 @@ def test_the_embedded_file_server_has_every_published_file_revalidated(
         assert requests.get(url, headers={"If-None-Match": got.headers["ETag"]}
                             ).status_code == 304
         seen.append(got)
+
+
+def test_a_change_to_one_project_appends_one_line_and_a_stop_folds_them_into_projects_json(
+        tmp_path: Path) -> None:
+    """The cost of a change does not grow with the number of projects: projects.json is not
+    rewritten for it, one line is appended to projects.log; a stopped service leaves every
+    project in projects.json, for a human to edit."""
+    state = tmp_path / "state"
+    write_config(state)
+    (state / "projects.json").write_text(json.dumps({"one": {"items": {}}, "two": {}}))
+    before = (state / "projects.json").stat()
+    # One worker: its start-up sweep is over before it answers.
+    server = start_server(tmp_path, ["--config", str(state / "artstore.json"), "--workers",
+                                     "1"], {"ARTSTORE_ADMIN_TOKEN": ADMIN},
+                          tmp_path / "server.log")
+    try:
+        r = requests.put(f"{server.url}/one", json={"description": "new", "items": {}},
+                         headers=AUTH, timeout=30)
+        assert r.status_code == 200
+        assert (state / "projects.json").stat().st_mtime_ns == before.st_mtime_ns
+        lines = (state / "projects.log").read_bytes().splitlines()
+        assert json.loads(lines[-1])["name"] == "one"
+        assert json.loads(lines[-1])["project"]["description"] == "new"
+    finally:
+        server.stop()
+    assert (state / "projects.log").read_bytes() == b""
+    stored = json.loads((state / "projects.json").read_text())
+    assert sorted(stored) == ["one", "two"] and stored["one"]["description"] == "new"

@@ -6,6 +6,7 @@ every error - ours, Werkzeug's and unexpected ones - as ``application/problem+js
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import itertools
@@ -614,7 +615,7 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None, *,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store(settings)  # a broken projects.json stops start-up here
-    tokens = auth.Tokens(settings.state_dir, auth.ensure_admin_token(settings.state_dir, environ))
+    tokens = auth.Tokens(store.catalog, auth.ensure_admin_token(settings.state_dir, environ))
     try:
         store.sweep()
         # A project delete killed before it ended the tokens.
@@ -626,6 +627,10 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None, *,
     if background:
         threading.Thread(target=maintenance, args=(store, settings.collect_interval),
                          name="artstore-maintenance", daemon=True).start()
+        threading.Thread(target=store.keep_root_page_written, name="artstore-pages",
+                         daemon=True).start()
+        # A worker that stops leaves projects.json whole, for a human to edit.
+        atexit.register(store.catalog.fold)
     disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}
     app.extensions["artstore"] = Services(settings, store, tokens,
                                           Metrics(settings.state_dir, disks))

@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import storage
+from .catalog import FileCatalog
 from .errors import ConfigError, Forbidden, NotFound, Unauthorized
+from .names import NAME_RE
 
 log = logging.getLogger("artstore")
 ADMIN_ENV = "ARTSTORE_ADMIN_TOKEN"
 TOKEN_PREFIX = "ast_"
+SECRET_BYTES = 32
+SECRET_CHARS = 43  # secrets.token_urlsafe(SECRET_BYTES)
 
 
 def _digest(token: str) -> str:
@@ -63,11 +67,14 @@ class Caller:
 
 
 class Tokens:
-    """Project tokens in ``tokens.json``: ``{project: [{"id", "hash", "created"}]}``."""
+    """Project tokens, kept by the catalog as hashes: ``{"id", "hash", "created"}``.
 
-    def __init__(self, state_dir: Path, admin_token: str) -> None:
-        self.path = Path(state_dir) / "tokens.json"
-        self.lock_path = Path(state_dir) / "tokens.lock"
+    A token names its project (``ast_<project>_<secret>``), so checking one reads only that
+    project's tokens, however many projects there are.
+    """
+
+    def __init__(self, catalog: FileCatalog, admin_token: str) -> None:
+        self.catalog = catalog
         self._admin_digest = _digest(admin_token)
 
     def identify(self, token: str | None) -> Caller:
@@ -77,54 +84,48 @@ class Tokens:
         digest = _digest(token)
         if hmac.compare_digest(digest, self._admin_digest):
             return Caller(admin=True)
-        found = None
-        for project, entries in storage.read_json(self.path, {}).items():
-            for entry in entries:
-                # Compare against every entry so timing does not reveal which one matched.
-                if hmac.compare_digest(digest, entry["hash"]):
-                    found = project
-        if found is None:
+        project = _project_of(token)
+        found = False
+        for entry in self.catalog.tokens(project) if project else ():
+            # Compare against every entry so timing does not reveal which one matched.
+            found |= hmac.compare_digest(digest, entry["hash"])
+        if not found:
             raise Unauthorized("the bearer token is not valid")
-        return Caller(project=found)
+        return Caller(project=project)
 
     def create(self, project: str, check: Callable[[], Any] | None = None) -> dict[str, Any]:
         """A new token for ``project``; ``check`` (that the project exists) runs under the
         lock that ``drop_project`` takes, so a token is never made for a deleted project."""
         token_id = secrets.token_hex(6)
-        token = f"{TOKEN_PREFIX}{project}_{secrets.token_urlsafe(32)}"
+        token = f"{TOKEN_PREFIX}{project}_{secrets.token_urlsafe(SECRET_BYTES)}"
         entry = {"id": token_id, "hash": _digest(token), "created": _now()}
-        with storage.locked(self.lock_path):
-            if check is not None:
-                check()
-            data = storage.read_json(self.path, {})
-            data.setdefault(project, []).append(entry)
-            storage.write_json(self.path, data, mode=0o600)
+        self.catalog.add_token(project, entry, check)
         return {"id": token_id, "token": token, "created": entry["created"]}
 
     def list(self, project: str) -> list[dict[str, str]]:
-        entries = storage.read_json(self.path, {}).get(project, [])
-        return [{"id": e["id"], "created": e["created"]} for e in entries]
+        return [{"id": e["id"], "created": e["created"]} for e in self.catalog.tokens(project)]
 
     def revoke(self, project: str, token_id: str) -> None:
-        with storage.locked(self.lock_path):
-            data = storage.read_json(self.path, {})
-            entries = data.get(project, [])
-            kept = [e for e in entries if e["id"] != token_id]
-            if len(kept) == len(entries):
-                raise NotFound(f"project {project!r} has no token {token_id!r}")
-            data[project] = kept
-            storage.write_json(self.path, data, mode=0o600)
+        if not self.catalog.revoke_token(project, token_id):
+            raise NotFound(f"project {project!r} has no token {token_id!r}")
 
     def drop_project(self, project: str) -> None:
-        self.drop_unless(lambda name: name != project)
+        self.catalog.drop_tokens(project)
 
     def drop_unless(self, keep: Callable[[str], bool]) -> None:
-        """End the tokens of every project ``keep`` says no to (asked under the lock)."""
-        with storage.locked(self.lock_path):
-            data = storage.read_json(self.path, {})
-            kept = {project: entries for project, entries in data.items() if keep(project)}
-            if kept != data:
-                storage.write_json(self.path, kept, mode=0o600)
+        """End the tokens of every project ``keep`` says no to."""
+        for project in self.catalog.token_projects():
+            if not keep(project):
+                self.catalog.drop_tokens(project)
+
+
+def _project_of(token: str) -> str | None:
+    """The project a token was made for: ``ast_<project>_<secret>``, the secret being
+    SECRET_CHARS long (project names may hold ``_`` too)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) <= len(TOKEN_PREFIX) + SECRET_CHARS + 1:
+        return None
+    project, sep = token[len(TOKEN_PREFIX):-SECRET_CHARS - 1], token[-SECRET_CHARS - 1]
+    return project if sep == "_" and NAME_RE.fullmatch(project) else None
 
 
 def require_admin(caller: Caller) -> None:

@@ -211,7 +211,8 @@ class LocalBlobStore:
         except FileNotFoundError:
             pass
         folder.mkdir(exist_ok=True)
-        storage.atomic_write(path, data)
+        # Not flushed: a page is made again from the catalog at every start.
+        storage.atomic_write(path, data, durable=False)
 
     def items_on_disk(self, project: str) -> set[str]:
         """The items that have a live link or trees."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -209,50 +210,214 @@ def _stored_project(name: str, data: Any) -> Project:
 
 
 class Registry:
-    """``projects.json``: every project's configuration; reads cached until it changes."""
+    """Every project's configuration: ``projects.json``, plus ``projects.log``.
+
+    ``projects.json`` is the file of record: it holds every project whenever the service
+    is stopped (a human may edit it then). While it runs, a change to one project is one
+    line appended to ``projects.log`` (flushed before the change is answered), so its cost
+    does not grow with the number of projects; the log is folded into ``projects.json``
+    every LOG_LIMIT changes, at every start and when a worker stops. A worker reads only
+    the log's new lines, validates every project only on its first read of
+    ``projects.json`` (a human may have edited it while the service was stopped), and
+    builds a record only when asked for it.
+
+    Crash safety: a line torn by a crash is not a whole line, so no reader applies it and
+    the next writer cuts it off; folding writes ``projects.json`` atomically, then empties
+    the log, and a log applied again on top of the file it was folded into changes
+    nothing, as each line sets or removes a whole project.
+    """
+
+    LOG_LIMIT = 1000
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "projects.json"
+        self.log_path = Path(state_dir) / "projects.log"
         self.lock_path = Path(state_dir) / "projects.lock"
-        self._cache: tuple[tuple[int, int, int], dict[str, Project]] | None = None
+        self._key: tuple[int, int, int] | None = None  # of projects.json as read
+        self._offset = 0  # bytes of projects.log applied
+        self._entries = 0  # lines of projects.log applied
+        self._raw: dict[str, Any] = {}  # name -> its stored JSON
+        self._records: dict[str, Project] = {}
+        self._all: dict[str, Project] | None = None
+        self._validated = False
+        self._lock = threading.RLock()  # the request threads of a worker share this
 
-    def load(self) -> dict[str, Project]:
-        """All projects by name. Raises ConfigError if the file is broken."""
+    # -- reading
+
+    def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            return {}
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+            key = None
         try:
-            data = json.loads(self.path.read_bytes())
-            if not isinstance(data, dict):
-                raise ValueError("expected a JSON object of projects")
-            projects = {name: _stored_project(name, conf) for name, conf in data.items()}
-        except (ValueError, BadRequest) as exc:
-            detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
-            raise ConfigError(
-                f"{self.path} is broken ({detail}); fix or restore it by hand while the "
-                "service is stopped - it is never reset automatically"
-            ) from None
-        self._cache = (key, projects)
-        return projects
+            size = os.stat(self.log_path).st_size
+        except FileNotFoundError:
+            size = 0
+        if key != self._key or size < self._offset or not self._validated:
+            self._load_file(key)  # new, folded meanwhile, or the first read
+        if size > self._offset:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._offset)
+                data = log.read(size - self._offset)
+            whole = data.rfind(b"\n") + 1  # a torn last line is not applied
+            for line in data[:whole].splitlines():
+                entry = json.loads(line)
+                self._set(entry["name"], entry["project"])
+                self._entries += 1
+            self._offset += whole
+
+    def _load_file(self, key: tuple[int, int, int] | None) -> None:
+        raw: dict[str, Any] = {}
+        if key is not None:
+            try:
+                raw = json.loads(self.path.read_bytes())
+                if not isinstance(raw, dict):
+                    raise ValueError("expected a JSON object of projects")
+                if not self._validated:
+                    raw = {name: _stored_project(name, conf).as_json()
+                           for name, conf in raw.items()}
+            except (ValueError, BadRequest) as exc:
+                detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
+                raise ConfigError(
+                    f"{self.path} is broken ({detail}); fix or restore it by hand while the "
+                    "service is stopped - it is never reset automatically"
+                ) from None
+        self._validated = True
+        self._key, self._offset, self._entries = key, 0, 0
+        self._raw, self._records, self._all = raw, {}, None
+
+    def _set(self, name: str, data: Any) -> None:
+        self._records.pop(name, None)
+        self._all = None
+        if data is None:
+            self._raw.pop(name, None)
+        else:
+            self._raw[name] = data
 
     def get(self, name: str) -> Project | None:
-        return self.load().get(name)
+        with self._lock:
+            self._refresh()
+            return self._record(name)
 
-    def change(self, mutate: Callable[[dict[str, Project]], Any]) -> Any:
-        """Run ``mutate`` on a copy of all projects under the lock, then save it.
+    def _record(self, name: str) -> Project | None:
+        found = self._records.get(name)
+        if found is None and name in self._raw:
+            found = self._records[name] = _trusted_project(name, self._raw[name])
+        return found
+
+    def load(self) -> dict[str, Project]:
+        """All projects by name, in name order (the same object until something changes).
+        Raises ConfigError if ``projects.json`` is broken."""
+        with self._lock:
+            self._refresh()
+            if self._all is None:
+                self._all = {n: self._record(n) for n in sorted(self._raw)}  # type: ignore
+            return self._all
+
+    def names(self) -> list[str]:
+        with self._lock:
+            self._refresh()
+            return list(self._raw)
+
+    # -- changing
+
+    def change(self, mutate: Callable[[ProjectChanges], Any]) -> Any:
+        """Run ``mutate`` on the projects under the lock, then record what it changed.
 
         ``mutate`` may raise to abandon the change; its return value is passed back.
         """
-        with storage.locked(self.lock_path):
-            self._cache = None
-            projects = dict(self.load())
-            result = mutate(projects)
-            storage.write_json(self.path, {n: p.as_json() for n, p in sorted(projects.items())})
+        with storage.locked(self.lock_path), self._lock:
+            self._refresh()
+            changes = ProjectChanges(self)
+            result = mutate(changes)
+            if changes.changed:
+                self._append(b"".join(
+                    json.dumps({"name": name, "project": None if p is None else p.as_json()},
+                               sort_keys=True).encode() + b"\n"
+                    for name, p in changes.changed.items()))
+                for name, p in changes.changed.items():
+                    self._set(name, None if p is None else p.as_json())
+                    if p is not None:
+                        self._records[name] = p
+                self._entries += len(changes.changed)
+                if self._entries >= self.LOG_LIMIT:
+                    self._fold()
             return result
+
+    def _append(self, lines: bytes) -> None:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            with storage.disk_errors("recording the change"):
+                os.ftruncate(fd, self._offset)  # cut off a line torn by a crash
+                view, at = memoryview(lines), self._offset
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view, at = view[written:], at + written
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._offset += len(lines)
+
+    def fold(self) -> None:
+        """Fold ``projects.log`` into ``projects.json``, if it holds anything."""
+        with storage.locked(self.lock_path), self._lock:
+            self._refresh()
+            if self._offset or (self._key is None and self._raw):
+                self._fold()
+
+    def _fold(self) -> None:
+        """Called with both locks held, just refreshed."""
+        storage.write_json(self.path, dict(sorted(self._raw.items())))
+        with contextlib.suppress(FileNotFoundError), open(self.log_path, "r+b") as log:
+            log.truncate(0)
+            os.fsync(log.fileno())
+        st = os.stat(self.path)
+        self._key, self._offset, self._entries = (st.st_ino, st.st_mtime_ns, st.st_size), 0, 0
+
+
+class ProjectChanges:
+    """The projects as ``Registry.change`` hands them to a change: read any, set or
+    remove some; only what is set or removed is written."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self.changed: dict[str, Project | None] = {}
+
+    def get(self, name: str) -> Project | None:
+        if name in self.changed:
+            return self.changed[name]
+        return self._registry.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __getitem__(self, name: str) -> Project:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __setitem__(self, name: str, project: Project) -> None:
+        self.changed[name] = project
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        found = self.get(name)
+        if found is None:
+            return default
+        self.changed[name] = None
+        return found
+
+    def clear(self) -> None:
+        for name in self._registry.names():
+            self.changed[name] = None
+
+
+def _trusted_project(name: str, data: Mapping[str, Any]) -> Project:
+    """A project as artstore wrote it (validated before it was written)."""
+    items = {item: ItemConfig(conf["type"], conf.get("keep"), conf.get("depth"))
+             for item, conf in data["items"].items()}
+    return Project(name, data["description"], data.get("created", ""), items)
 
 
 class FileCatalog:
@@ -277,7 +442,9 @@ class FileCatalog:
         self.changed_path = self.state_dir / "changed"
         self._manifests: dict[tuple[str, str, str], dict[str, tuple[str, int]]] = {}
         self.registry.load()  # a broken projects.json stops start-up here
-        if not self.registry.path.exists() and not self.format_path.exists():
+        self._split_legacy_tokens()
+        if (not self.registry.path.exists() and not self.registry.log_path.exists()
+                and not self.format_path.exists()):
             self.set_format(FORMAT)  # a new store: nothing in it is of an older format
 
     # -- projects
@@ -288,7 +455,7 @@ class FileCatalog:
     def project(self, name: str) -> Project | None:
         return self.registry.get(name)
 
-    def change_projects(self, mutate: Callable[[dict[str, Project]], Any]) -> Any:
+    def change_projects(self, mutate: Callable[[ProjectChanges], Any]) -> Any:
         return self.registry.change(mutate)
 
     @contextlib.contextmanager
@@ -386,6 +553,65 @@ class FileCatalog:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._manifest_dir(project, item) / f"{release}.json")
 
+    # -- tokens
+
+    def _tokens_path(self, project: str) -> Path:
+        return self.state_dir / "tokens" / f"{project}.json"
+
+    @contextlib.contextmanager
+    def _tokens_lock(self, project: str) -> Iterator[None]:
+        folder = self.state_dir / "tokens"
+        folder.mkdir(exist_ok=True)
+        with storage.locked(folder / f"{project}.lock"):
+            yield
+
+    def tokens(self, project: str) -> list[dict[str, str]]:
+        """A project's tokens: ``{"id", "hash", "created"}`` each (hashes, never tokens)."""
+        return list(storage.read_json(self._tokens_path(project), {"tokens": []})["tokens"])
+
+    def add_token(self, project: str, token: dict[str, str],
+                  check: Callable[[], Any] | None = None) -> None:
+        """Record a token; ``check`` (that the project exists) runs under the lock that
+        ``drop_tokens`` takes, so a token is never recorded for a deleted project."""
+        with self._tokens_lock(project):
+            if check is not None:
+                check()
+            self._save_tokens(project, [*self.tokens(project), token])
+
+    def revoke_token(self, project: str, token_id: str) -> bool:
+        with self._tokens_lock(project):
+            tokens = self.tokens(project)
+            kept = [t for t in tokens if t["id"] != token_id]
+            if len(kept) == len(tokens):
+                return False
+            self._save_tokens(project, kept)
+            return True
+
+    def drop_tokens(self, project: str) -> None:
+        with self._tokens_lock(project), contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tokens_path(project))
+
+    def token_projects(self) -> set[str]:
+        with contextlib.suppress(FileNotFoundError):
+            return {n[:-len(".json")] for n in os.listdir(self.state_dir / "tokens")
+                    if n.endswith(".json") and not n.startswith(storage.TMP_PREFIX)}
+        return set()
+
+    def _save_tokens(self, project: str, tokens: list[dict[str, str]]) -> None:
+        (self.state_dir / "tokens").mkdir(exist_ok=True)
+        storage.write_json(self._tokens_path(project), {"tokens": tokens}, mode=0o600)
+
+    def _split_legacy_tokens(self) -> None:
+        """Move ``tokens.json`` (every project's tokens in one file, as artstore kept them
+        before) into a file per project, so a token's check reads only its project's."""
+        legacy = self.state_dir / "tokens.json"
+        for project, tokens in storage.read_json(legacy, {}).items():
+            with self._tokens_lock(project):  # a worker starting beside us does the same
+                kept = self.tokens(project)
+                self._save_tokens(project, [*kept, *(t for t in tokens if t not in kept)])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(legacy)
+
     # -- the store as a whole
 
     def format(self) -> int:
@@ -411,9 +637,15 @@ class FileCatalog:
         with storage.locked(self.state_dir / "maintenance.lock", blocking=False) as mine:
             yield mine
 
+    def fold(self) -> None:
+        """Fold the recent changes of projects into ``projects.json`` (at start and stop)."""
+        self.registry.fold()
+
     def sweep(self, projects: Mapping[str, Project]) -> None:
         """Remove leftovers of writers that died, and the state of projects that are gone."""
+        self.fold()
         storage.sweep_temp_entries(self.state_dir)
+        storage.sweep_temp_entries(self.state_dir / "tokens")
         storage.sweep_temp_entries(self.items_dir)
         for entry in os.scandir(self.items_dir):
             if entry.name not in projects and not entry.name.startswith("."):

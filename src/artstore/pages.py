@@ -85,13 +85,15 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def root_page(projects: list[dict[str, Any]]) -> bytes:
-    """``projects``: dicts with ``name``, ``description``, ``items`` (names)."""
-    rows = [
-        f"<tr><td>{_link(p['name'], '/')}</td><td>{escape(p['description'])}</td>"
-        f"<td class=\"m n\">{_count(len(p['items']), 'item')}</td></tr>"
-        for p in projects
-    ]
+def root_row(project: dict[str, Any]) -> str:
+    """One project's row of the root page: a dict with ``name``, ``description``,
+    ``items`` (names). Rendered once per change of the project, not per page."""
+    return (f"<tr><td>{_link(project['name'], '/')}</td><td>{escape(project['description'])}"
+            f"</td><td class=\"m n\">{_count(len(project['items']), 'item')}</td></tr>")
+
+
+def root_page(rows: list[str]) -> bytes:
+    """The list of projects, from their ``root_row``s in order."""
     return _page("Projects", "artstore", _table(["project", "description", "items"], rows,
                                                  "No projects yet."))
 

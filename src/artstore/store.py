@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ CHUNK = 1024 * 1024
 META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 50
 MAX_META_VALUE = 1024
+ROOT_PAGE_DELAY = 1.0  # at most one rewrite of the list of projects a second (servers)
 
 
 def now() -> str:
@@ -140,6 +142,8 @@ class Store:
             max_ratio=settings.max_ratio,
         )
         self._listing: tuple[dict[str, Project], bytes, list[ProjectSummary]] | None = None
+        self._root_rows: dict[str, tuple[Project, str]] = {}  # rendered once per change
+        self._root_page_wanted: threading.Event | None = None
 
     # ----------------------------------------------------------- lookups
 
@@ -582,10 +586,41 @@ class Store:
         self.catalog.mark_changed()
 
     def _write_root_page(self) -> None:
+        """Rewrite the list of projects: at once, or, when ``keep_root_page_written`` runs
+        in a thread (as in the servers), in that thread, at once or at most ROOT_PAGE_DELAY
+        after the last rewrite: the list of
+        every project is the one thing a change to one project would otherwise pay for by
+        the number of projects."""
+        if self._root_page_wanted is not None:
+            self._root_page_wanted.set()
+            return
+        self.write_root_page()
+
+    def keep_root_page_written(self) -> None:
+        """Run in a thread: rewrite the list of projects after changes, one rewrite for
+        however many came meanwhile."""
+        wanted = self._root_page_wanted = threading.Event()
+        while True:
+            wanted.wait()
+            wanted.clear()
+            try:
+                self.write_root_page()
+            except Exception:  # noqa: BLE001 - logged; the next change or start rewrites it
+                log.exception("could not rewrite the list of projects")
+            time.sleep(ROOT_PAGE_DELAY)  # changes that come meanwhile share the next one
+
+    def write_root_page(self) -> None:
         with self.catalog.project_lock(None):
-            projects = [{"name": n, "description": p.description, "items": list(p.items)}
-                        for n, p in sorted(self.catalog.projects().items())]
-            self.blobs.write_page(None, pages.root_page(projects))
+            projects = self.catalog.projects()
+            rows = {}
+            for name, project in projects.items():  # in name order
+                cached = self._root_rows.get(name)
+                if cached is None or cached[0] is not project:
+                    cached = (project, pages.root_row({"name": name, "items": project.items,
+                                                       "description": project.description}))
+                rows[name] = cached
+            self._root_rows = rows
+            self.blobs.write_page(None, pages.root_page([row for _, row in rows.values()]))
 
     # --------------------------------------------------------- maintenance
 
