@@ -183,3 +183,19 @@ def test_where_direct_io_is_refused_the_stream_goes_through_the_page_cache(
     assert refused == [0]  # refused once, then through the page cache
     assert (tmp_path / "f").read_bytes() == data
     assert digest == hashlib.sha256(data).hexdigest()
+
+
+def test_removing_a_tree_that_another_worker_removes_meanwhile_is_not_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A project delete racing a sweep that removes the same folder (seen as a 500)."""
+    folder = tmp_path / "demo"
+    (folder / "sub").mkdir(parents=True)
+    real_rename, done = os.rename, []
+
+    def swept_first(src: Any, dst: Any) -> None:
+        shutil.rmtree(src)  # the other worker wins the race
+        real_rename(src, dst)
+
+    monkeypatch.setattr(storage.os, "rename", swept_first)
+    storage.remove_tree(folder, then=lambda: done.append(True))
+    assert not folder.exists() and done == [True]

@@ -363,7 +363,12 @@ def remove_tree(path: Path, wait: bool = True, then: Callable[[], object] | None
             then()
         return
     doomed = path.with_name(f"{TMP_PREFIX}{path.name}.gone.{os.urandom(4).hex()}")
-    os.rename(path, doomed)
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:  # removed meanwhile (a sweep in another worker): gone is gone
+        if then is not None:
+            then()
+        return
 
     def delete() -> None:
         if not doomed.is_dir() or doomed.is_symlink():
