@@ -7,9 +7,7 @@ Chromium and chromedriver are Debian packages (``chromium``, ``chromium-driver``
 from __future__ import annotations
 
 import contextlib
-import io
 import struct
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from .archives import site_tgz
 from .conftest import ADMIN, AUTH, Server, start_server, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,16 +38,6 @@ LATEST_NAME = "notes 1.0.txt"
 SPY = ("window.__calls = [];"
        "for (const f of ['alert', 'confirm', 'prompt'])"
        "  window[f] = (...a) => { window.__calls.push([f, ...a.map(String)]); };")
-
-
-def _tgz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +73,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             r = put(name, data, **meta)
             assert r.status_code == 201, r.text
         r = requests.post(f"{srv.url}/demo/docs", headers=AUTH, timeout=30, files={
-            "item": ("site.tgz", _tgz({"index.html": b"<!doctype html><title>Docs home</title>"
+            "item": ("site.tgz", site_tgz({"index.html": b"<!doctype html><title>Docs home</title>"
                                                      b"<h1>Hello docs</h1>"}))})
         assert r.status_code == 201, r.text
         yield srv

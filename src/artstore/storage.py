@@ -204,12 +204,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     fd, tmp = claimed_file(path.parent, TMP_PREFIX + path.name + ".")
     try:
         with disk_errors(f"writing {path.name}"):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-            if durable:
-                os.fsync(fd)
+            _write_whole(fd, data, mode, durable)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -219,6 +214,15 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         os.close(fd)
     if durable:
         fsync_dir(path.parent)
+
+
+def _write_whole(fd: int, data: bytes, mode: int, durable: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fchmod(fd, mode)
+    if durable:
+        os.fsync(fd)
 
 
 def create_once(path: Path, data: bytes, mode: int = 0o600) -> bool:
@@ -232,11 +236,7 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> bool:
     fd, tmp = claimed_file(path.parent, TMP_PREFIX + path.name + ".")
     try:
         with disk_errors(f"writing {path.name}"):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
+            _write_whole(fd, data, mode, durable=True)
             try:
                 os.link(tmp, path)
             except FileExistsError:

@@ -4,9 +4,7 @@ set up as the README says, and headless Chromium."""
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from ..archives import site_tgz
 from ..conftest import AUTH, free_port
 from ..test_browser import CHROMEDRIVER, CHROMIUM, chromium
 from .conftest import DEPLOY, NGINX, Nginx, start_gunicorn, start_nginx, stop
@@ -44,16 +43,6 @@ class Hosts:
                                 allow_redirects=False, timeout=30, **kwargs)
 
 
-def tgz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     if NGINX is None:
@@ -75,7 +64,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
                       json={"items": {"site": {"type": "tgz"}}})
         assert r.status_code == 201, r.text
         r = hosts.get(API, "/artstore/demo/site", method="PUT", headers=AUTH,
-                      data=tgz({"index.html": READER}))
+                      data=site_tgz({"index.html": READER}))
         assert r.status_code == 201, r.text
         yield hosts
     finally:
