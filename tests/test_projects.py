@@ -324,3 +324,38 @@ def test_tokens_kept_in_one_file_by_an_older_artstore_still_work(tmp_path: Path)
     wrong = "ast_my_app_" + "B" * 43
     assert client.put("/my_app/r", data=b"<p>x</p>",
                       headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+
+
+def test_a_list_of_projects_too_big_to_rewrite_with_each_change_follows_soon_after(
+        tmp_path: Path) -> None:
+    """With thousands of projects the root page is rewritten in the background, at most
+    once a second, instead of with each change (its cost grows with the projects)."""
+    import threading
+    import time
+
+    from artstore import settings as settings_mod
+    from artstore.api import create_app
+
+    from .conftest import write_config
+
+    settings = settings_mod.load(write_config(tmp_path / "s"), environ={})
+    app = create_app(settings, environ={"ARTSTORE_ADMIN_TOKEN": ADMIN}, background=True)
+    store = app.extensions["artstore"].store
+    written_by = []
+    real_write = store.write_root_page
+
+    def write() -> None:
+        written_by.append(threading.current_thread().name)
+        real_write()
+        store._root_page_cost = 1.0  # as if it had taken a second
+
+    store.write_root_page = write  # type: ignore[method-assign]
+    store._root_page_cost = 1.0
+    client = app.test_client()
+    assert client.post("/late", json={"items": {}}, headers=AUTH).status_code == 201
+    page = settings.base_path / "index.html"
+    deadline = time.monotonic() + 10
+    while 'href="late/"' not in page.read_text():
+        assert time.monotonic() < deadline, "the list of projects never followed"
+        time.sleep(0.05)
+    assert written_by == ["artstore-pages"], "rewritten with the change, not after it"

@@ -627,8 +627,7 @@ def create_app(settings: Settings, environ: dict[str, str] | None = None, *,
     if background:
         threading.Thread(target=maintenance, args=(store, settings.collect_interval),
                          name="artstore-maintenance", daemon=True).start()
-        threading.Thread(target=store.keep_root_page_written, name="artstore-pages",
-                         daemon=True).start()
+        store.start_page_writer()
         # A worker that stops leaves projects.json whole, for a human to edit.
         atexit.register(store.catalog.fold)
     disks = {"base_path": settings.base_path, "temp_path": settings.temp_path}

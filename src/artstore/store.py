@@ -60,7 +60,8 @@ CHUNK = 1024 * 1024
 META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_META_ITEMS = 50
 MAX_META_VALUE = 1024
-ROOT_PAGE_DELAY = 1.0  # at most one rewrite of the list of projects a second (servers)
+ROOT_PAGE_INLINE = 0.005  # seconds: a rewrite of the list of projects this cheap is inline
+ROOT_PAGE_DELAY = 1.0  # else at most one a second, in the background (servers only)
 
 
 def now() -> str:
@@ -144,6 +145,7 @@ class Store:
         self._listing: tuple[dict[str, Project], bytes, list[ProjectSummary]] | None = None
         self._root_rows: dict[str, tuple[Project, str]] = {}  # rendered once per change
         self._root_page_wanted: threading.Event | None = None
+        self._root_page_cost = 0.0  # seconds the last rewrite of the list of projects took
 
     # ----------------------------------------------------------- lookups
 
@@ -586,20 +588,25 @@ class Store:
         self.catalog.mark_changed()
 
     def _write_root_page(self) -> None:
-        """Rewrite the list of projects: at once, or, when ``keep_root_page_written`` runs
-        in a thread (as in the servers), in that thread, at once or at most ROOT_PAGE_DELAY
-        after the last rewrite: the list of
-        every project is the one thing a change to one project would otherwise pay for by
-        the number of projects."""
-        if self._root_page_wanted is not None:
+        """Rewrite the list of projects with the change while that is cheap; once it is
+        not (thousands of projects) and the servers' ``start_page_writer`` runs, in its
+        thread, at most once every ROOT_PAGE_DELAY: the list of every project is the one
+        thing a change to one project would otherwise pay for by the number of projects."""
+        if self._root_page_wanted is not None and self._root_page_cost > ROOT_PAGE_INLINE:
             self._root_page_wanted.set()
             return
         self.write_root_page()
 
-    def keep_root_page_written(self) -> None:
-        """Run in a thread: rewrite the list of projects after changes, one rewrite for
-        however many came meanwhile."""
-        wanted = self._root_page_wanted = threading.Event()
+    def start_page_writer(self) -> None:
+        """Start the thread that rewrites the list of projects when that is too costly to do
+        with each change (see ``_write_root_page``)."""
+        self._root_page_wanted = threading.Event()
+        threading.Thread(target=self._keep_root_page_written, args=(self._root_page_wanted,),
+                         name="artstore-pages", daemon=True).start()
+
+    def _keep_root_page_written(self, wanted: threading.Event) -> None:
+        """Rewrite the list of projects after changes, one rewrite for however many came
+        meanwhile."""
         while True:
             wanted.wait()
             wanted.clear()
@@ -610,6 +617,7 @@ class Store:
             time.sleep(ROOT_PAGE_DELAY)  # changes that come meanwhile share the next one
 
     def write_root_page(self) -> None:
+        started = time.monotonic()
         with self.catalog.project_lock(None):
             projects = self.catalog.projects()
             rows = {}
@@ -621,6 +629,7 @@ class Store:
                 rows[name] = cached
             self._root_rows = rows
             self.blobs.write_page(None, pages.root_page([row for _, row in rows.values()]))
+        self._root_page_cost = time.monotonic() - started
 
     # --------------------------------------------------------- maintenance
 
