@@ -194,6 +194,15 @@ def test_sha256_is_verified_before_anything_is_published(client: Any, settings: 
     assert post(client, "/demo/docs", data, sha256=good.upper()).status_code == 201
 
 
+def test_an_empty_checksum_header_is_checked_not_ignored(client: Any, settings: Any,
+                                                        demo: None) -> None:
+    """A CI script whose checksum variable came out empty must not publish unchecked."""
+    r = client.put("/demo/docs", data=tgz({"index.html": b"v"}),
+                   headers={**AUTH, "X-Checksum-Sha256": ""})
+    assert r.status_code == 422 and "sha256" in r.get_json()["detail"]
+    assert client.get("/demo/docs").get_json()["live"] is None
+
+
 def test_upload_to_a_missing_item_answers_404_and_stores_nothing(
         client: Any, settings: Any, demo: None) -> None:
     assert post(client, "/demo/nope", b"x").status_code == 404

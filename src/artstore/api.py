@@ -148,10 +148,11 @@ def json_body() -> Any:
 
 
 def flag(name: str) -> bool:
+    # Exactly the OpenAPI boolean (in any case: Python's requests sends True as "True").
     value = request.args.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
+    if value not in ("true", "false"):
         raise BadRequest(f"?{name}= takes true or false")
-    return value in ("true", "1", "yes")
+    return value == "true"
 
 
 def created(body: Any, location: str) -> Response:
@@ -379,7 +380,9 @@ def upload(project: str, item: str) -> Any:
             raise UnsupportedType("POST the file as multipart/form-data under key 'item', "
                                   "or PUT the raw body")
         incoming, filename, fields = receive_multipart(store)
-    sha256 = request.headers.get("X-Checksum-Sha256") or fields.pop("sha256", None)
+    sha256 = request.headers.get("X-Checksum-Sha256")  # if sent, even empty, it is checked
+    if sha256 is None:
+        sha256 = fields.pop("sha256", None)
     result = store.publish(project, item, incoming, filename=filename, metadata=fields,
                            sha256=sha256, site_url=site_url())
     return created(result, url_for("get_item", project=project, item=item, _external=True))

@@ -54,6 +54,8 @@ def _normalise_item(name: str, conf: Any) -> dict[str, Any]:
     for key in allowed - {"type"}:
         if key in conf:
             value = conf[key]
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
                 raise BadRequest(f"item {name!r}: {key!r} must be an integer from 1 to 10000")
             out[key] = value
