@@ -14,6 +14,8 @@ from artstore.errors import BadRequest
 from artstore.names import MAX_FILENAME_BYTES, check_filename, check_name
 from artstore.openapi import document
 
+from .conftest import AUTH
+
 
 def test_openapi_document_matches_the_apps_routes(client: Any, app: Any) -> None:
     doc = client.get("/_openapi.json").get_json()
@@ -98,3 +100,21 @@ def test_the_documents_name_patterns_accept_exactly_the_names_the_service_does(
     assert bool(re.fullmatch(names.pop(), name)) == _accepts(check_name, name)
     if len(name.encode("utf-8")) <= MAX_FILENAME_BYTES:
         assert bool(re.fullmatch(files.pop(), name)) == _accepts(check_filename, name)
+
+
+def test_a_name_starting_with_an_underscore_gets_an_answer_the_document_lists(
+        client: Any) -> None:
+    """``/_x`` is a path of the service's own, never a project: whatever every operation on
+    a project answers for it, the document must list."""
+    doc = client.get("/_openapi.json").get_json()
+    unlisted = []
+    for path, ops in doc["paths"].items():
+        if not path.startswith("/{project}"):
+            continue
+        url = path.replace("{project}", "_x").replace("{item}", "docs").replace(
+            "{filename}", "a.bin").replace("{token_id}", "t")
+        for method in set(ops) - {"parameters"}:
+            r = client.open(url, method=method.upper(), headers=AUTH, json={})
+            if str(r.status_code) not in ops[method]["responses"]:
+                unlisted.append(f"{method.upper()} {url}: {r.status_code}")
+    assert unlisted == []

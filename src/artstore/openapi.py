@@ -207,8 +207,9 @@ def _paths() -> dict[str, Any]:
             "post": {"summary": "create a project (admin)",
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref("ProjectConfig")}}},
+                     # 404: a name starting with "_" is a path of the service's own.
                      "responses": {"201": _json(_ref("Project"), "created"),
-                                   **_errors(400, 401, 403, 409, 413, 415)}},
+                                   **_errors(400, 401, 403, 404, 409, 413, 415)}},
             "put": {"summary": "replace a project's configuration (admin)",
                     "parameters": [_param("prune", {"type": "boolean"}, "query",
                                           "allow removing items or changing their type")],
