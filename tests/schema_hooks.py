@@ -1,10 +1,10 @@
 """schemathesis hooks for tests/test_api_schema.py: steer requests to a project that exists.
 
-Loaded by the schemathesis CLI through ``SCHEMATHESIS_HOOKS=tests.schema_hooks``, with the
-server's URL in ``ARTSTORE_SCHEMA_URL``. Before each call the ``demo`` project (see ITEMS)
-is made again if a generated DELETE removed it, and about half of the requests whose path is
-valid are pointed at it and its items, so they reach past the 404s into the code that does
-the work.
+Loaded by the schemathesis command through ``SCHEMATHESIS_HOOKS=tests.schema_hooks``, with
+the server's URL in ``ARTSTORE_SCHEMA_URL``. The ``demo`` project (ITEMS, with releases and a
+file) is made again whenever a call may have removed or replaced it, and about half of the
+requests whose path is valid are pointed at it and its items, so they reach past the 404s
+into the code that does the work.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ITEMS = {"docs": {"type": "tgz", "keep": 2}, "site": {"type": "zip"},
          "report": {"type": "html"}, "builds": {"type": "collection", "depth": 3}}
 NOT_COLLECTIONS = sorted(name for name, conf in ITEMS.items() if conf["type"] != "collection")
 
-rng = random.Random(os.environ.get("ARTSTORE_SCHEMA_SEED", "0"))
+rng = random.Random(0)  # the same choices in the same order: --seed repeats a whole run
 # HTTP's header syntax (RFC 9110): a name of token characters, a value without controls.
 # gunicorn refuses anything else with its own HTML 400 before the app sees the request; such
 # requests (schemathesis 4.4 makes them) test nothing this document can describe.
