@@ -121,6 +121,26 @@ def test_put_that_removes_or_retypes_items_answers_409_naming_them(
     assert r.get_json()["items"]["docs"]["type"] == "zip"
 
 
+@pytest.mark.parametrize("value", ["1", "yes", "0", "no", ""])
+def test_prune_takes_true_or_false_only(client: Any, make_project: Any, value: str) -> None:
+    """The OpenAPI document says boolean: anything else is refused, not guessed at."""
+    make_project("demo", ITEMS)
+    r = client.put(f"/demo?prune={value}", json={"items": {}}, headers=AUTH)
+    assert r.status_code == 400 and "prune" in r.get_json()["detail"]
+    assert sorted(client.get("/demo").get_json()["items"]) == sorted(ITEMS)
+    assert client.put("/demo?prune=True", json={"items": {}}, headers=AUTH).status_code == 200
+
+
+def test_a_whole_number_written_as_a_json_float_is_that_integer(client: Any) -> None:
+    """JSON has one kind of number and JSON Schema calls 5.0 an integer; so does artstore."""
+    r = client.post("/demo", json={"items": {"docs": {"type": "tgz", "keep": 5.0}}},
+                    headers=AUTH)
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["items"]["docs"]["keep"] == 5
+    body = {"items": {"docs": {"type": "tgz", "keep": 5.5}}}
+    assert client.put("/demo", json=body, headers=AUTH).status_code == 400
+
+
 def test_put_unknown_project_answers_404(client: Any) -> None:
     assert client.put("/ghost", json={"items": {}}, headers=AUTH).status_code == 404
 

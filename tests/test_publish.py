@@ -282,7 +282,7 @@ def test_a_sha256_field_beside_the_checksum_header_is_never_metadata(
                                  "commit": "abc"})
 
     r = send("0" * 64)
-    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
     assert "disagree" in r.get_json()["detail"]
     assert client.get("/demo/docs").get_json()["releases"] == []
     assert leftovers(settings) == []
@@ -290,6 +290,15 @@ def test_a_sha256_field_beside_the_checksum_header_is_never_metadata(
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["metadata"] == {"commit": "abc"}
     assert client.get("/demo/docs").get_json()["releases"][0]["metadata"] == {"commit": "abc"}
+
+
+def test_an_empty_checksum_header_is_checked_not_ignored(client: Any, settings: Any,
+                                                        demo: None) -> None:
+    """A CI script whose checksum variable came out empty must not publish unchecked."""
+    r = client.put("/demo/docs", data=tgz({"index.html": b"v"}),
+                   headers={**AUTH, "X-Checksum-Sha256": ""})
+    assert r.status_code == 422 and "sha256" in r.get_json()["detail"]
+    assert client.get("/demo/docs").get_json()["live"] is None
 
 
 def test_upload_to_a_missing_item_answers_404_and_stores_nothing(

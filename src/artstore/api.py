@@ -39,6 +39,7 @@ from .errors import (
     NotFound,
     TooLarge,
     Unauthorized,
+    Unprocessable,
     UnsupportedType,
 )
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -180,10 +181,11 @@ def bounded_body(limit: int, too_large: str) -> bytes:
 
 
 def flag(name: str) -> bool:
+    # Exactly the OpenAPI boolean (in any case: Python's requests sends True as "True").
     value = request.args.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
+    if value not in ("true", "false"):
         raise BadRequest(f"?{name}= takes true or false")
-    return value in ("true", "1", "yes")
+    return value == "true"
 
 
 def created(body: Any, location: str) -> Response:
@@ -278,12 +280,13 @@ def gunicorn_body(environ: dict[str, Any]) -> Iterator[memoryview] | None:
 def checksum_claimed(fields: dict[str, str]) -> str | None:
     """The sha256 the client says the upload has: ``X-Checksum-Sha256``, or a ``sha256``
     field or query parameter, which is never metadata. Two that disagree are refused."""
-    header = request.headers.get("X-Checksum-Sha256")
+    header = request.headers.get("X-Checksum-Sha256")  # if sent, even empty, it is checked
     field = fields.pop("sha256", None)
-    if header and field is not None and header.strip().lower() != field.strip().lower():
-        raise BadRequest(f"X-Checksum-Sha256 ({header.strip()!r}) and sha256 "
-                         f"({field.strip()!r}) disagree; nothing was published")
-    return header or field
+    if (header is not None and field is not None
+            and header.strip().lower() != field.strip().lower()):
+        raise Unprocessable(f"X-Checksum-Sha256 ({header.strip()!r}) and sha256 "
+                            f"({field.strip()!r}) disagree; nothing was published")
+    return header if header is not None else field
 
 
 def has_body(environ: dict[str, Any]) -> bool:

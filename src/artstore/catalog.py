@@ -186,9 +186,12 @@ def _item_config(name: str, conf: Any) -> ItemConfig:
     unknown = sorted(set(conf) - {"type", key})
     if unknown:
         raise BadRequest(f"item {name!r}: unknown setting {unknown[0]!r} for a {kind} item")
-    value = conf.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or not 1 <= value <= 10_000):
+    if key not in conf:
+        return ItemConfig(kind)
+    value = conf[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
         raise BadRequest(f"item {name!r}: {key!r} must be an integer from 1 to 10000")
     return ItemConfig(kind, **{key: value})
 

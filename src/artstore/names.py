@@ -5,7 +5,9 @@ Pure functions, no I/O: a name is checked before any file is touched.
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import unicodedata
 
 from .errors import BadRequest
@@ -63,3 +65,57 @@ def check_filename(name: str) -> str:
     if problem:
         raise BadRequest(f"invalid file name {name!r}: {problem}")
     return name
+
+
+# ----------------------------------------------------- the rules as JSON Schema patterns
+# For the OpenAPI document, so it describes exactly what these functions accept (schemathesis
+# sends what the patterns allow and expects it accepted, and the rest refused).
+
+
+def _not_reserved() -> str:
+    return "|".join(re.escape(name) for name in sorted(RESERVED))
+
+
+def name_pattern() -> str:
+    """check_name's rules as an anchored regular expression."""
+    return f"^(?!(?:{_not_reserved()})$){NAME_RE.pattern}$"
+
+
+def _char_class(code_points: list[int]) -> str:
+    """A regex class body for ``code_points`` that Python's re and ECMA-262 (with the "u"
+    flag, as JSON Schema asks) read alike: escapes in the BMP, the characters themselves
+    above it (no escape of those is written the same way in both)."""
+    def one(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
+
+    ranges: list[list[int]] = []
+    for cp in code_points:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return "".join(one(a) if a == b else f"{one(a)}-{one(b)}" for a, b in ranges)
+
+
+@functools.cache
+def filename_pattern() -> str:
+    """check_filename's rules as an anchored regular expression, all but two: the limit of
+    MAX_FILENAME_BYTES, which a pattern cannot count (say ``maxLength`` beside it), and
+    valid UTF-8, which a URL or form field always is once decoded (and a lone surrogate in a
+    pattern is an error for some regex engines)."""
+    refused, dot, dots = [], [ord(".")], []
+    for cp in range(sys.maxunicode + 1):
+        ch = chr(cp)
+        if unicodedata.category(ch) in ("Cc", "Cf") or ch in "/\\":
+            refused.append(cp)
+        elif unicodedata.decomposition(ch):
+            folded = unicodedata.normalize("NFKC", ch)
+            if "/" in folded or "\\" in folded:
+                refused.append(cp)
+            elif folded in (".", ".."):
+                (dot if folded == "." else dots).append(cp)
+    refused_class, dot_class = _char_class(refused), _char_class(sorted(dot))
+    # Whole names that NFKC turns into "." or "..": one or two dot-likes, or one double one.
+    path = f"[{dot_class}]{{1,2}}|[{_char_class(dots)}]"
+    return (f"^(?!(?:{_not_reserved()}|{path})$)"
+            f"[^.{refused_class}][^{refused_class}]*$")

@@ -1,6 +1,8 @@
-"""The OpenAPI 3.0 description of the API, served at ``/_openapi.json``.
+"""The OpenAPI 3.1 description of the API, served at ``/_openapi.json``.
 
-A test compares its paths and methods with the app's routes, so it cannot drift.
+A test compares its paths and methods with the app's routes, so it cannot drift, and
+schemathesis checks the live service against it (tests/test_api_schema.py). 3.1, not 3.0: its
+JSON Schema has ``propertyNames``, which says what an item name or metadata key may be.
 """
 
 from __future__ import annotations
@@ -8,8 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .names import MAX_FILENAME_BYTES, filename_pattern, name_pattern
+from .store import MAX_META_ITEMS, MAX_META_VALUE, META_KEY_RE
 
-NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+NAME = {"type": "string", "pattern": name_pattern(),
+        "description": "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit; not "
+                       "index.html or index.json"}
+SHA256 = {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"}
+NULLABLE_STRING = {"type": ["string", "null"]}
 
 
 def _param(name: str, schema: dict[str, Any] | None = None, where: str = "path",
@@ -45,7 +53,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type", "title", "status", "detail"],
         "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                        "status": {"type": "integer"}, "detail": {"type": "string"},
-                       "request_id": {"type": "string", "nullable": True}},
+                       "request_id": NULLABLE_STRING},
     },
     "ItemSettings": {"oneOf": [
         {"type": "object", "required": ["type"], "additionalProperties": False,
@@ -62,8 +70,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "description": {"type": "string", "maxLength": 1000},
             "items": {"type": "object", "additionalProperties": _ref("ItemSettings"),
-                      "description": "item names: 1-64 of A-Z a-z 0-9 . _ -, starting with "
-                                     "a letter or digit; not index.html or index.json"},
+                      "propertyNames": NAME, "description": "item names: " + NAME["description"]},
         },
         "additionalProperties": False,
     },
@@ -75,7 +82,7 @@ SCHEMAS: dict[str, Any] = {
             "required": ["name", "description", "items"],
             "properties": {"name": {"type": "string"}, "description": {"type": "string"},
                            "items": {"type": "array", "items": {"type": "string"}},
-                           "last_publish": {"type": "string", "nullable": True}},
+                           "last_publish": NULLABLE_STRING},
         }}},
     },
     "Project": {
@@ -90,8 +97,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object", "required": ["type", "live"],
                 "properties": {"type": {"type": "string"},
                                "keep": {"type": "integer"}, "depth": {"type": "integer"},
-                               "live": {"type": "string", "nullable": True},
-                               "last_publish": {"type": "string", "nullable": True},
+                               "live": NULLABLE_STRING,
+                               "last_publish": NULLABLE_STRING,
                                "stored_bytes": STORED_BYTES},
             }},
             "stored_bytes": {**STORED_BYTES, "description": "distinct bytes the project's "
@@ -111,7 +118,7 @@ SCHEMAS: dict[str, Any] = {
             "files": {"type": "integer"}, "url": {"type": "string"},
             "metadata": _ref("Metadata"),
             "warnings": {"type": "array", "items": {"type": "string"}},
-            "unwrapped": {"type": "string", "nullable": True,
+            "unwrapped": {**NULLABLE_STRING,
                           "description": "the single top-level directory that was published"},
         },
     },
@@ -120,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "type", "live"],
         "properties": {
             "name": {"type": "string"}, "type": {"type": "string"},
-            "live": {"type": "string", "nullable": True}, "url": {"type": "string"},
+            "live": NULLABLE_STRING, "url": {"type": "string"},
             "keep": {"type": "integer"}, "depth": {"type": "integer"},
             "stored_bytes": STORED_BYTES,
             "releases": {"type": "array", "items": {
@@ -129,7 +136,7 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"release": {"type": "string"}, "created": {"type": "string"},
                                "sha256": {"type": "string"}, "size": {"type": "integer"},
                                "files": {"type": "integer"}, "metadata": _ref("Metadata"),
-                               "bytes": {"type": "integer", "nullable": True,
+                               "bytes": {"type": ["integer", "null"],
                                          "description": "the size of the release's files "
                                                         "(null until an old store's release "
                                                         "is upgraded)"}},
@@ -146,7 +153,7 @@ SCHEMAS: dict[str, Any] = {
     "Whoami": {
         "type": "object", "required": ["admin", "project"],
         "properties": {"admin": {"type": "boolean"},
-                       "project": {"type": "string", "nullable": True,
+                       "project": {**NULLABLE_STRING,
                                    "description": "the project of a project token"}},
     },
     "NewToken": {
@@ -162,16 +169,43 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-UPLOAD_QUERY = [
-    _param("filename", {"type": "string"}, "query",
-           "file name for html and collection items (PUT only)"),
-    _param("sha256", {"type": "string"}, "query", "expected SHA-256 of the body"),
-    _param("X-Checksum-Sha256", {"type": "string"}, "header", "expected SHA-256 of the upload"),
-]
+CHECKSUM = _param("X-Checksum-Sha256", SHA256, "header", "expected SHA-256 of the upload")
+METADATA_RULES = (f"up to {MAX_META_ITEMS} fields of metadata, keys of A-Z a-z 0-9 . _ - "
+                  f"starting with a letter or digit, values up to {MAX_META_VALUE} characters")
+
+
+def _filename() -> dict[str, Any]:
+    """What a collection file may be called (computed on first use: it takes a moment)."""
+    return {"type": "string", "pattern": filename_pattern(), "maxLength": MAX_FILENAME_BYTES,
+            "description": f"at most {MAX_FILENAME_BYTES} bytes of UTF-8; no / or \\, no "
+                           "control or format characters, not starting with '.', not a path "
+                           "after NFKC normalisation, not index.html or index.json"}
+
+
+def _form() -> dict[str, Any]:
+    """The multipart upload: the file, an optional checksum, and the rest is metadata."""
+    metadata = {"propertyNames": {"pattern": f"^{META_KEY_RE.pattern}$"},
+                "additionalProperties": {"type": "string", "maxLength": MAX_META_VALUE}}
+    return {"type": "object", "required": ["item"],
+            "properties": {"item": {"type": "string", "format": "binary"}, "sha256": SHA256},
+            **metadata,
+            # Besides the file (and sha256 if sent) at most MAX_META_ITEMS fields.
+            "anyOf": [{"maxProperties": MAX_META_ITEMS + 1},
+                      {"required": ["sha256"], "maxProperties": MAX_META_ITEMS + 2}],
+            "description": f"the file under 'item'; 'sha256'; other fields are {METADATA_RULES}"}
+
+
+def _remove_file(summary: str) -> dict[str, Any]:
+    return {"summary": summary, "responses": {"204": {"description": "removed"},
+                                              **_errors(*WRITE_ERRORS, 409)}}
 
 
 def _paths() -> dict[str, Any]:
     created = {"201": _json(_ref("Upload"), "published")}
+    filename = _filename()
+    # DELETE /<project>/<item>/<filename> serves a collection file named "latest" or
+    # "rollback" too, so those paths have a DELETE.
+    same_as_a_file = "remove the collection file of this name, as /{project}/{item}/{filename}"
     return {
         "/_health": {"get": {"summary": "liveness probe", "security": [],
                              "responses": {"200": _json({"type": "object"}, "ok")}}},
@@ -197,8 +231,9 @@ def _paths() -> dict[str, Any]:
             "post": {"summary": "create a project (admin)",
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref("ProjectConfig")}}},
+                     # 404: a name starting with "_" is a path of the service's own.
                      "responses": {"201": _json(_ref("Project"), "created"),
-                                   **_errors(400, 401, 403, 409, 413, 415)}},
+                                   **_errors(400, 401, 403, 404, 409, 413, 415)}},
             "put": {"summary": "replace a project's configuration (admin)",
                     "parameters": [_param("prune", {"type": "boolean"}, "query",
                                           "allow removing items or changing their type")],
@@ -232,17 +267,18 @@ def _paths() -> dict[str, Any]:
                     "responses": {"200": _json(_ref("Item"), "the item"),
                                   **_errors(400, 401, 404)}},
             "post": {"summary": "upload as multipart/form-data, file under key 'item'",
-                     "parameters": UPLOAD_QUERY[2:],
+                     "parameters": [CHECKSUM],
                      "requestBody": {"required": True, "content": {"multipart/form-data": {
-                         "schema": {"type": "object", "required": ["item"],
-                                    "properties": {"item": {"type": "string",
-                                                            "format": "binary"},
-                                                   "sha256": {"type": "string"}},
-                                    "additionalProperties": {"type": "string"}}}}},
+                         "schema": _form()}}},
                      "responses": {**created, **_errors(*UPLOAD_ERRORS)}},
             "put": {"summary": "upload the raw request body; other query parameters are "
-                               "metadata",
-                    "parameters": UPLOAD_QUERY,
+                               + METADATA_RULES,
+                    "parameters": [
+                        _param("filename", filename, "query",
+                               "the file's name: needed for a collection, an html item's "
+                               "must end in .html or .htm (default index.html)"),
+                        _param("sha256", SHA256, "query", "expected SHA-256 of the body"),
+                        CHECKSUM],
                     "requestBody": {"required": True, "content": {"application/octet-stream": {
                         "schema": {"type": "string", "format": "binary"}}}},
                     "responses": {**created, **_errors(*UPLOAD_ERRORS)}},
@@ -252,6 +288,7 @@ def _paths() -> dict[str, Any]:
             "get": {**READ, "summary": "redirect to the newest file of a collection",
                     "responses": {"302": {"description": "to the newest file"},
                                   **_errors(400, 401, 404)}},
+            "delete": _remove_file(same_as_a_file),
         },
         "/{project}/{item}/rollback": {
             "parameters": [PROJECT, ITEM],
@@ -261,12 +298,11 @@ def _paths() -> dict[str, Any]:
                                     "properties": {"release": {"type": "string"}}}}}},
                      "responses": {"200": _json(_ref("Item"), "the item after the rollback"),
                                    **_errors(*WRITE_ERRORS, 409, 415)}},
+            "delete": _remove_file(same_as_a_file),
         },
         "/{project}/{item}/{filename}": {
-            "parameters": [PROJECT, ITEM, _param("filename", {"type": "string"})],
-            "delete": {"summary": "remove one file from a collection",
-                       "responses": {"204": {"description": "removed"},
-                                     **_errors(*WRITE_ERRORS, 409)}},
+            "parameters": [PROJECT, ITEM, _param("filename", filename)],
+            "delete": _remove_file("remove one file from a collection"),
         },
     }
 
@@ -274,7 +310,7 @@ def _paths() -> dict[str, Any]:
 def document(script_root: str = "") -> dict[str, Any]:
     codes = (400, 401, 403, 404, 409, 411, 413, 415, 422, 507)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "artstore", "version": __version__,
                  "description": "Publish what CI builds; nginx serves it."},
         "servers": [{"url": script_root or "/"}],
