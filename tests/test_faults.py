@@ -497,6 +497,54 @@ def test_a_project_delete_cut_short_is_finished_by_the_next_start(tmp_path: Path
     assert orphans(tmp_path / "state") == []
 
 
+def test_a_project_deleted_while_a_publish_commits_answers_both_without_a_5xx(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delete arrives while the publish, past its last check, makes its release live:
+    the publish is done first (it took effect: 201), then the delete removes it all."""
+    settings, Store = _store(tmp_path)
+    store = Store(settings)
+    store.create_project("gone", {"items": ITEMS})
+    deleting = threading.Thread(target=store.delete_project, args=("gone",))
+    real_save_item = store.catalog.save_item
+
+    def save_item(*args: Any) -> None:
+        deleting.start()
+        deleting.join(timeout=1)  # given the time to remove the files, if it can
+        real_save_item(*args)
+
+    monkeypatch.setattr(store.catalog, "save_item", save_item)
+    publish_direct(store, "gone", "docs", release_tgz(1))
+    deleting.join()
+    assert store.catalog.project("gone") is None
+    assert orphans(tmp_path / "state") == []
+    check_store(tmp_path / "state", restarted=False)
+
+
+@pytest.mark.parametrize("at", ["staging", "extract"])
+def test_a_project_deleted_while_its_upload_is_extracted_answers_409(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    """The project's folder goes before or while the archive is unpacked into it: a
+    conflict the client can understand, not a 500, and the folder is not made again."""
+    from artstore import store as store_mod
+    from artstore.errors import Conflict
+
+    settings, Store = _store(tmp_path)
+    store = Store(settings)
+    store.create_project("gone", {"items": ITEMS})
+    owner = store.blobs if at == "staging" else store_mod.archive
+    real = getattr(owner, at)
+
+    def deleted_first(*args: Any, **kwargs: Any) -> Any:
+        store.delete_project("gone")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, at, deleted_first)
+    with pytest.raises(Conflict, match="removed, changed or created again"):
+        publish_direct(store, "gone", "docs", release_tgz(1))
+    assert orphans(tmp_path / "state") == []
+    check_store(tmp_path / "state", restarted=False)
+
+
 class Killed(BaseException):
     """The process dies here: nothing after this line of the code runs."""
 

@@ -83,7 +83,9 @@ class LocalBlobStore:
     def staging(self, project: str, item: str) -> Iterator[Path]:
         """A new, claimed directory to build a release in; removed unless it went live."""
         folder = self._item_dir(project, item)
-        folder.mkdir(parents=True, exist_ok=True)
+        # Never the project's own folder: a project deleted meanwhile stays deleted.
+        folder.parent.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True)
         stage, claim = storage.claimed_dir(folder, TMP_PREFIX + "stage-")
         try:
             os.chmod(stage, 0o755)

@@ -283,6 +283,11 @@ class Store:
             self.catalog.change_projects(remove)
             if forget is not None:
                 forget()
+            # A publish past its last check (under the item lock) finishes its commit
+            # before the files go; any later one finds the project gone and answers 409.
+            for item in project.items:
+                with self.catalog.item_lock(name, item):
+                    pass
             self.blobs.remove_project(name)
         self.catalog.drop_project(name)
         self.blobs.forget(held)
@@ -327,12 +332,17 @@ class Store:
                 f"sha256 mismatch: the client said {sha256.strip()!r}, the upload has "
                 f"{upload.sha256!r}; nothing was published"
             )
-        if conf.is_collection:
-            result = self._publish_file(project, item, conf, upload, filename, metadata,
-                                        may_commit)
-        else:
-            result = self._publish_release(project, item, conf, upload, filename, metadata,
-                                           may_commit)
+        try:
+            if conf.is_collection:
+                result = self._publish_file(project, item, conf, upload, filename, metadata,
+                                            may_commit)
+            else:
+                result = self._publish_release(project, item, conf, upload, filename,
+                                               metadata, may_commit)
+        except FileNotFoundError:
+            # The project's folder went while the upload was built in it: a delete won.
+            self._still_configured(project, item, conf, started)
+            raise
         result.warnings.extend(self._refresh_project_page(project))
         return result
 
