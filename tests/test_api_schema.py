@@ -10,7 +10,7 @@ the requests are pointed at a project and items that exist (tests/schema_hooks.p
 reach past the 404s; tests/schemathesis.toml says what else the document cannot express.
 
 ``ARTSTORE_SCHEMA_EXAMPLES`` raises the number of requests per operation for a long run; the
-output ends with the seed (``--seed``) that repeats a run.
+output ends with the seed that repeats a run: give it back in ``ARTSTORE_SCHEMA_SEED``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .schema_hooks import ensure_demo
 from .test_auth_matrix import EXPECTED, OPEN, READ
 
 EXAMPLES = int(os.environ.get("ARTSTORE_SCHEMA_EXAMPLES", "100"))
+SEED = os.environ.get("ARTSTORE_SCHEMA_SEED")
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,7 +56,8 @@ def schemathesis(live: Server, cwd: Path, *args: str) -> None:
          "--config-file", str(HERE / "schemathesis.toml"), "run", f"{live.url}/_openapi.json",
          "--checks", "all", "--workers", "1", "--suppress-health-check", "all",
          "--generation-database", "none", "--request-timeout", "30",
-         "--header", f"Authorization: Bearer {ADMIN}", *args],
+         "--header", f"Authorization: Bearer {ADMIN}",
+         *(["--seed", SEED] if SEED else []), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=3600, check=False)
     assert run.returncode == 0, (run.stdout + run.stderr)[-30000:]
 
