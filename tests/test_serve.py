@@ -189,6 +189,33 @@ def test_a_killed_writer_never_leaves_projects_json_truncated(tmp_path: Path) ->
     assert Registry(tmp_path).load() == {}
 
 
+def test_a_reader_never_applies_a_line_of_one_log_at_an_offset_of_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker looks at the files; before it reads them, another folds the log and begins
+    it anew, longer than the first. The reader must not apply a piece of a line (every
+    request of that worker answered 500) but the new log, on the folded file."""
+    from artstore.catalog import Project
+
+    def add(name: str, description: str) -> Any:
+        return lambda projects: projects.__setitem__(name, Project(name, description, "", {}))
+
+    reader, writer = Registry(tmp_path), Registry(tmp_path)
+    writer.change(add("a", ""))
+    assert list(reader.load()) == ["a"]
+    real_stat, fired = os.stat, []
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == str(writer.log_path) and not fired:
+            fired.append(path)  # the reader is preempted right here
+            writer.fold()
+            writer.change(add("b", "x" * 200))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert list(reader.load()) == ["a", "b"]
+    assert fired
+
+
 def test_a_change_torn_by_a_crash_is_never_read_and_is_cut_off_by_the_next(
         tmp_path: Path) -> None:
     from artstore.catalog import Project

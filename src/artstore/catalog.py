@@ -236,7 +236,7 @@ class Registry:
         self.path = Path(state_dir) / "projects.json"
         self.log_path = Path(state_dir) / "projects.log"
         self.lock_path = Path(state_dir) / "projects.lock"
-        self._key: tuple[int, int, int] | None = None  # of projects.json as read
+        self._log: tuple[int, int] | None = None  # projects.log as followed: fd, inode
         self._offset = 0  # bytes of projects.log applied
         self._entries = 0  # lines of projects.log applied
         self._raw: dict[str, Any] = {}  # name -> its stored JSON
@@ -247,22 +247,42 @@ class Registry:
 
     # -- reading
 
-    def _refresh(self) -> None:
+    def _refresh(self, locked: bool = False) -> None:
+        """Apply what other workers changed. The log this worker follows is held open, so
+        no other file can take its inode number: a log a fold started anew is always seen
+        as another file. Reading takes the lock, shared (``locked``: the caller holds it
+        already), so no fold or append runs between looking at the files and reading
+        them, which would show a line of one log at an offset of another."""
         try:
-            st = os.stat(self.path)
-            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            st = os.stat(self.log_path)
+            now: tuple[int, int] | None = (st.st_ino, st.st_size)
         except FileNotFoundError:
-            key = None
+            now = None
+        applied = None if self._log is None else (self._log[1], self._offset)
+        if self._validated and now == applied:
+            return  # nothing changed: no lock needed to know that
+        if locked:
+            self._read()
+        else:
+            with storage.locked(self.lock_path, shared=True):
+                self._read()
+
+    def _read(self) -> None:
+        """Called with the lock held."""
         try:
-            size = os.stat(self.log_path).st_size
+            fd: int | None = os.open(self.log_path, os.O_RDONLY)
         except FileNotFoundError:
-            size = 0
-        if key != self._key or size < self._offset or not self._validated:
-            self._load_file(key)  # new, folded meanwhile, or the first read
-        if size > self._offset:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._offset)
-                data = log.read(size - self._offset)
+            fd = None
+        ino = None if fd is None else os.fstat(fd).st_ino
+        size = 0 if fd is None else os.fstat(fd).st_size
+        if (not self._validated or ino != (None if self._log is None else self._log[1])
+                or size < self._offset):
+            self._load_file()  # the first read, or a fold began a new log
+            self._follow(fd, ino)
+        elif fd is not None:
+            os.close(fd)  # the one already held
+        if self._log is not None and size > self._offset:
+            data = os.pread(self._log[0], size - self._offset, self._offset)
             whole = data.rfind(b"\n") + 1  # a torn last line is not applied
             for line in data[:whole].splitlines():
                 entry = json.loads(line)
@@ -270,24 +290,35 @@ class Registry:
                 self._entries += 1
             self._offset += whole
 
-    def _load_file(self, key: tuple[int, int, int] | None) -> None:
+    def _follow(self, fd: int | None, ino: int | None) -> None:
+        """Hold ``fd`` (the log now at ``log_path``, or None) as the log applied from 0."""
+        if self._log is not None:
+            os.close(self._log[0])
+        self._log = None if fd is None or ino is None else (fd, ino)
+        self._offset, self._entries = 0, 0
+
+    def __del__(self) -> None:
+        if getattr(self, "_log", None) is not None:
+            os.close(self._log[0])  # type: ignore[index]
+
+    def _load_file(self) -> None:
         raw: dict[str, Any] = {}
-        if key is not None:
-            try:
-                raw = json.loads(self.path.read_bytes())
-                if not isinstance(raw, dict):
-                    raise ValueError("expected a JSON object of projects")
-                if not self._validated:
-                    raw = {name: _stored_project(name, conf).as_json()
-                           for name, conf in raw.items()}
-            except (ValueError, BadRequest) as exc:
-                detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
-                raise ConfigError(
-                    f"{self.path} is broken ({detail}); fix or restore it by hand while the "
-                    "service is stopped - it is never reset automatically"
-                ) from None
+        try:
+            raw = json.loads(self.path.read_bytes())
+            if not isinstance(raw, dict):
+                raise ValueError("expected a JSON object of projects")
+            if not self._validated:
+                raw = {name: _stored_project(name, conf).as_json()
+                       for name, conf in raw.items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, BadRequest) as exc:
+            detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
+            raise ConfigError(
+                f"{self.path} is broken ({detail}); fix or restore it by hand while the "
+                "service is stopped - it is never reset automatically"
+            ) from None
         self._validated = True
-        self._key, self._offset, self._entries = key, 0, 0
         self._raw, self._records, self._all = raw, {}, None
 
     def _set(self, name: str, data: Any) -> None:
@@ -330,8 +361,8 @@ class Registry:
 
         ``mutate`` may raise to abandon the change; its return value is passed back.
         """
-        with storage.locked(self.lock_path), self._lock:
-            self._refresh()
+        with self._lock, storage.locked(self.lock_path):
+            self._refresh(locked=True)
             changes = ProjectChanges(self)
             result = mutate(changes)
             if changes.changed:
@@ -349,7 +380,7 @@ class Registry:
             return result
 
     def _append(self, lines: bytes) -> None:
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             with storage.disk_errors("recording the change"):
                 os.ftruncate(fd, self._offset)  # cut off a line torn by a crash
@@ -358,25 +389,28 @@ class Registry:
                     written = os.pwrite(fd, view, at)
                     view, at = view[written:], at + written
                 os.fsync(fd)
+            if self._log is None:  # the first change since the log began: follow it
+                self._follow(fd, os.fstat(fd).st_ino)
+                fd = -1
         finally:
-            os.close(fd)
+            if fd != -1:
+                os.close(fd)
         self._offset += len(lines)
 
     def fold(self) -> None:
         """Fold ``projects.log`` into ``projects.json``, if it holds anything."""
-        with storage.locked(self.lock_path), self._lock:
-            self._refresh()
-            if self._offset or (self._key is None and self._raw):
+        with self._lock, storage.locked(self.lock_path):
+            self._refresh(locked=True)
+            if self._offset or (self._raw and not self.path.exists()):
                 self._fold()
 
     def _fold(self) -> None:
         """Called with both locks held, just refreshed."""
         storage.write_json(self.path, dict(sorted(self._raw.items())))
-        with contextlib.suppress(FileNotFoundError), open(self.log_path, "r+b") as log:
-            log.truncate(0)
-            os.fsync(log.fileno())
-        st = os.stat(self.path)
-        self._key, self._offset, self._entries = (st.st_ino, st.st_mtime_ns, st.st_size), 0, 0
+        # A new, empty file, not the old one cut: every reader sees that the log began anew.
+        storage.atomic_write(self.log_path, b"")
+        fd = os.open(self.log_path, os.O_RDONLY)
+        self._follow(fd, os.fstat(fd).st_ino)
 
 
 class ProjectChanges:
@@ -387,10 +421,12 @@ class ProjectChanges:
         self._registry = registry
         self.changed: dict[str, Project | None] = {}
 
+    # The registry was read under its lock just before (``Registry.change``): its records
+    # are current, and reading it again would wait on the lock the change holds.
     def get(self, name: str) -> Project | None:
         if name in self.changed:
             return self.changed[name]
-        return self._registry.get(name)
+        return self._registry._record(name)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -412,7 +448,7 @@ class ProjectChanges:
         return found
 
     def clear(self) -> None:
-        for name in self._registry.names():
+        for name in list(self._registry._raw):
             self.changed[name] = None
 
 

@@ -256,17 +256,19 @@ def write_json(path: Path, data: Any, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+def locked(path: Path, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
     """Hold an ``flock`` on ``path`` (created if needed): serialises worker processes.
 
     The kernel drops the lock when its holder dies, so a killed worker never leaves
     a stale lock behind. With ``blocking=False`` it yields False at once, holding
-    nothing, if another process has it.
+    nothing, if another process has it. ``shared``: a lock many readers hold at once,
+    never while one exclusive holder does.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode if blocking else mode | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
