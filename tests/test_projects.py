@@ -276,6 +276,49 @@ def test_project_listing_follows_changes_made_by_another_worker(
     assert [p["name"] for p in client.get("/").get_json()["projects"]] == ["demo", "second"]
 
 
+def _publish_page(store: Any, project: str, item: str) -> None:
+    upload = store.receive()
+    upload.write(b"<p>hi</p>")
+    store.publish(project, item, upload, filename=None, metadata={}, sha256=None)
+    upload.discard()
+
+
+def test_the_listing_looks_again_only_at_the_projects_that_changed(settings: Any) -> None:
+    """A publish in another worker changes that project's summary; every other project's
+    is the one already made (with 10,000 projects, GET / after a change stays cheap)."""
+    from artstore.store import Store
+
+    worker, other = Store(settings), Store(settings)
+    for name in ("a", "b", "c"):
+        worker.create_project(name, {"items": {"report": {"type": "html"}}})
+    before = {p.name: p for p in worker.list_projects()}
+    _publish_page(other, "b", "report")
+    after = {p.name: p for p in worker.list_projects()}
+    assert after["b"].last_publish is not None and before["b"].last_publish is None
+    assert after["a"] is before["a"] and after["c"] is before["c"]
+    assert worker.list_projects() is worker.list_projects()  # nothing changed since
+
+
+def test_the_listing_follows_publishes_across_a_fresh_start_of_the_changes_log(
+        settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file of changes begins anew when it grows (here at once): a worker that
+    followed the old one still sees every publish."""
+    from artstore import catalog
+    from artstore.store import Store
+
+    monkeypatch.setattr(catalog, "CHANGES_LIMIT", 1)
+    worker, other = Store(settings), Store(settings)
+    names = [f"p{i}" for i in range(4)]
+    for name in names:
+        worker.create_project(name, {"items": {"report": {"type": "html"}}})
+    assert all(p.last_publish is None for p in worker.list_projects())
+    for name in names:
+        _publish_page(other, name, "report")
+        listed = {p.name: p.last_publish for p in worker.list_projects()}
+        assert listed[name] is not None, f"the publish to {name} was not seen"
+    assert (settings.state_dir / "changes.log").stat().st_size <= len("p0\n")
+
+
 def test_a_project_has_a_creation_id_that_only_deleting_and_creating_it_again_changes(
         client: Any, make_project: Any, settings: Any) -> None:
     created = make_project("demo", ITEMS)["created"]

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -46,7 +46,15 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .openapi import document
 from .settings import Settings, config_path, load
-from .store import Incoming, ItemView, ProjectView, Published, Store, upload_too_large
+from .store import (
+    Incoming,
+    ItemView,
+    ProjectSummary,
+    ProjectView,
+    Published,
+    Store,
+    upload_too_large,
+)
 
 log = logging.getLogger("artstore")
 PROBLEM = "application/problem+json"
@@ -69,7 +77,9 @@ class Services:
     store: Store
     tokens: auth.Tokens
     metrics: Metrics
-    listing: tuple[list[dict[str, Any]], bytes] | None = None  # GET /, encoded once
+    # GET /: the store's list and its JSON; each project's part is encoded once.
+    listing: tuple[list[ProjectSummary], bytes] | None = None
+    listed: dict[str, tuple[ProjectSummary, bytes]] = field(default_factory=dict)
 
 
 def services() -> Services:
@@ -451,15 +461,21 @@ def published_json(done: Published) -> dict[str, Any]:
 
 def list_projects() -> Any:
     may_read()
-    found = services().store.list_projects()
-    cached = services().listing
-    if cached is None or cached[0] is not found:  # the store reuses an unchanged listing
-        body = {"projects": [{"name": p.name, "description": p.description,
-                              "items": list(p.items), "last_publish": p.last_publish}
-                             for p in found]}
-        cached = (found, json.dumps(body).encode())
-        services().listing = cached
-    return Response(cached[1], mimetype="application/json")
+    svc = services()
+    found = svc.store.list_projects()
+    if svc.listing is None or svc.listing[0] is not found:  # the store reuses an unchanged
+        listed = {}                                          # list, and unchanged summaries
+        for p in found:
+            part = svc.listed.get(p.name)
+            if part is None or part[0] is not p:
+                part = (p, json.dumps({"name": p.name, "description": p.description,
+                                       "items": list(p.items),
+                                       "last_publish": p.last_publish}).encode())
+            listed[p.name] = part
+        svc.listed = listed
+        svc.listing = (found, b'{"projects": [' + b", ".join(j for _, j in listed.values())
+                       + b"]}")
+    return Response(svc.listing[1], mimetype="application/json")
 
 
 def create_project(project: str) -> Any:

@@ -19,6 +19,9 @@ guarantees:
 - ``project_lock(project)``: serialises a project's deletion with the writers of its pages.
 - ``drop_item``, ``drop_project``, ``drop_manifest``: idempotent; the sweep finishes one
   that a crash cut short.
+- ``mark_changed(project)`` and ``changes_since(cursor)``: which projects' published files
+  changed, seen by every worker; a reader may be told "anything may have changed" at any
+  time, never nothing when something did (short of a rare, bounded miss: see there).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ FORMAT = 2
 
 # A release's files: path -> (sha256, size).
 Manifest = Mapping[str, "tuple[str, int]"]
+# Where a reader of changes.log is: (the file's inode, the offset read up to).
+Cursor = tuple[int, int]
+CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
 
 
 # -------------------------------------------------------------------- records
@@ -476,9 +482,9 @@ class FileCatalog:
         self.items_dir = self.state_dir / "items"
         self.items_dir.mkdir(parents=True, exist_ok=True)
         self.format_path = self.state_dir / "format.json"
-        # Rewritten with new random content after every change, so a worker knows when its
-        # cached listing is stale (mtimes are too coarse for that).
-        self.changed_path = self.state_dir / "changed"
+        # The names of projects whose published files changed, a line each, appended by
+        # every worker: each worker's listing of projects looks again at only those.
+        self.changes_path = self.state_dir / "changes.log"
         self._manifests: dict[tuple[str, str, str], dict[str, tuple[str, int]]] = {}
         self.registry.load()  # a broken projects.json stops start-up here
         self._split_legacy_tokens()
@@ -660,15 +666,37 @@ class FileCatalog:
     def set_format(self, number: int) -> None:
         storage.write_json(self.format_path, {"format": number})
 
-    def mark_changed(self) -> None:
-        storage.atomic_write(self.changed_path, os.urandom(8).hex().encode(), durable=False)
-
-    def changes(self) -> bytes:
-        """A value that differs after every ``mark_changed`` in any worker."""
+    def mark_changed(self, project: str) -> None:
+        """Note that what ``project`` has published changed, for ``changes_since`` in every
+        worker. Not durable: after a crash every worker starts from nothing anyway."""
+        fd = os.open(self.changes_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            return self.changed_path.read_bytes()
+            os.write(fd, f"{project}\n".encode())  # one short append: never interleaved
+            full = os.fstat(fd).st_size > CHANGES_LIMIT
+        finally:
+            os.close(fd)
+        if full:  # a new, empty file: whoever reads it next looks at everything once
+            storage.atomic_write(self.changes_path, b"", durable=False)
+
+    def changes_since(self, cursor: Cursor | None) -> tuple[Cursor, set[str] | None]:
+        """The projects marked changed since ``cursor`` (as a previous call returned it),
+        and the cursor for the next call. None instead of the names when they cannot be
+        known (no cursor, or the file was started anew): anything may have changed.
+
+        A project marked in the instant the file is started anew can be missed; a reader
+        looks at everything now and then (``Store.list_projects``)."""
+        try:
+            with open(self.changes_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if cursor is None or cursor[0] != st.st_ino or cursor[1] > st.st_size:
+                    return (st.st_ino, st.st_size), None
+                f.seek(cursor[1])
+                data = f.read(st.st_size - cursor[1])
         except FileNotFoundError:
-            return b""
+            return (0, 0), (set() if cursor == (0, 0) else None)
+        whole = data[:data.rfind(b"\n") + 1]  # a line still being written waits
+        return ((st.st_ino, cursor[1] + len(whole)),
+                {line.decode(errors="replace") for line in whole.split(b"\n") if line})
 
     @contextlib.contextmanager
     def maintenance_lock(self) -> Iterator[bool]:

@@ -32,6 +32,7 @@ from .blobs import Collected, LocalBlobStore
 from .catalog import (
     FORMAT,
     RELEASE_TYPES,
+    Cursor,
     FileCatalog,
     ItemConfig,
     ItemState,
@@ -62,6 +63,7 @@ MAX_META_ITEMS = 50
 MAX_META_VALUE = 1024
 ROOT_PAGE_INLINE = 0.005  # seconds: a rewrite of the list of projects this cheap is inline
 ROOT_PAGE_DELAY = 1.0  # else at most one a second, in the background (servers only)
+LISTING_REFRESH = 60.0  # seconds: GET / looks at every project at least this often
 
 
 def now() -> str:
@@ -142,7 +144,12 @@ class Store:
             max_component_bytes=settings.max_name_bytes,
             max_ratio=settings.max_ratio,
         )
-        self._listing: tuple[dict[str, Project], bytes, list[ProjectSummary]] | None = None
+        # GET /: the projects it was made from, each one's summary, the list; the cursor
+        # in the catalog's changes; when to look at everything again.
+        self._listing: tuple[dict[str, Project], dict[str, tuple[Project, ProjectSummary]],
+                             list[ProjectSummary]] | None = None
+        self._listing_cursor: Cursor | None = None
+        self._listing_due = 0.0
         self._root_rows: dict[str, tuple[Project, str]] = {}  # rendered once per change
         self._root_page_wanted: threading.Event | None = None
         self._root_page_cost = 0.0  # seconds the last rewrite of the list of projects took
@@ -193,18 +200,31 @@ class Store:
     # ----------------------------------------------------------- projects
 
     def list_projects(self) -> list[ProjectSummary]:
-        """All projects; computed again only after something changed (in any worker)."""
-        projects, changes = self.catalog.projects(), self.catalog.changes()
-        cached = self._listing
-        if cached is not None and cached[0] is projects and cached[1] == changes:
+        """All projects, in name order. Only the projects changed since the last call (in
+        any worker) are looked at again, and every one once every LISTING_REFRESH seconds:
+        the same list, and the same summary of each unchanged project, until then."""
+        projects = self.catalog.projects()
+        self._listing_cursor, changed = self.catalog.changes_since(self._listing_cursor)
+        cached, now_ = self._listing, time.monotonic()
+        if cached is None or changed is None or now_ >= self._listing_due:
+            known: dict[str, tuple[Project, ProjectSummary]] = {}
+            changed, self._listing_due = set(), now_ + LISTING_REFRESH
+        elif cached[0] is projects and not changed:
             return cached[2]
-        out = []
-        for name, project in sorted(projects.items()):
-            times = [t for t in (self.blobs.published(name, i) for i in project.items) if t]
-            out.append(ProjectSummary(name, project.description, tuple(sorted(project.items)),
-                                      max(times, default=None)))
-        self._listing = (projects, changes, out)
-        return out
+        else:
+            known = cached[1]
+        summaries = {}
+        for name, project in projects.items():  # in name order
+            entry = known.get(name)
+            if entry is None or entry[0] is not project or name in changed:
+                times = [t for t in (self.blobs.published(name, i) for i in project.items)
+                         if t]
+                entry = (project, ProjectSummary(name, project.description,
+                                                 tuple(sorted(project.items)),
+                                                 max(times, default=None)))
+            summaries[name] = entry
+        self._listing = (projects, summaries, [summary for _, summary in summaries.values()])
+        return self._listing[2]
 
     def project_view(self, name: str) -> ProjectView:
         project = self.project(name)
@@ -595,7 +615,7 @@ class Store:
                      for name, conf in found.items.items()]
             self.blobs.write_page(project, pages.project_page(project, found.description,
                                                               items))
-        self.catalog.mark_changed()
+        self.catalog.mark_changed(project)
 
     def _write_root_page(self) -> None:
         """Rewrite the list of projects with the change while that is cheap; once it is
