@@ -38,9 +38,9 @@ TARGET_LIST = 3.0
 ITEMS = {"report": {"type": "html"}, "docs": {"type": "tgz"}}
 PAGE = b"<!DOCTYPE html><html><body><h1>Report</h1><p>all green</p></body></html>\n"
 NOTES = {"GET / after a change": "the first after a POST, at once",
-         "GET / after a change, idle first": "the first after a PUT, once the server is idle"}
+         "GET / after a change, idle": "the first after a PUT, once the server is idle"}
 STEPS = ("POST /<project>", "GET / after a change", "PUT /<project>",
-         "GET / after a change, idle first", "publish html page", "DELETE /<project>",
+         "GET / after a change, idle", "publish html page", "DELETE /<project>",
          "GET / cached")
 
 
@@ -143,7 +143,7 @@ class Client:
             self.fresh()  # the first GET / after the PUT, once the server is idle again
             seconds, data = self.timed("GET", "/", 200)
             self.listed(data, self.count + 1)
-            samples["GET / after a change, idle first"].append(seconds)
+            samples["GET / after a change, idle"].append(seconds)
             self.fresh()
             seconds, _ = self.timed("PUT", f"/{target}/report", 201, PAGE,
                                     params="?filename=report.html")
