@@ -276,6 +276,11 @@ def test_project_listing_follows_changes_made_by_another_worker(
     assert [p["name"] for p in client.get("/").get_json()["projects"]] == ["demo", "second"]
 
 
+def _listed(store: Any) -> dict[str, Any]:
+    """The store's listing (in blocks), by project name."""
+    return {p.name: p for block in store.list_projects() for p in block.values}
+
+
 def _publish_page(store: Any, project: str, item: str) -> None:
     upload = store.receive()
     upload.write(b"<p>hi</p>")
@@ -291,12 +296,47 @@ def test_the_listing_looks_again_only_at_the_projects_that_changed(settings: Any
     worker, other = Store(settings), Store(settings)
     for name in ("a", "b", "c"):
         worker.create_project(name, {"items": {"report": {"type": "html"}}})
-    before = {p.name: p for p in worker.list_projects()}
+    before = _listed(worker)
     _publish_page(other, "b", "report")
-    after = {p.name: p for p in worker.list_projects()}
+    after = _listed(worker)
     assert after["b"].last_publish is not None and before["b"].last_publish is None
     assert after["a"] is before["a"] and after["c"] is before["c"]
     assert worker.list_projects() is worker.list_projects()  # nothing changed since
+
+
+def test_the_listing_stays_in_name_order_through_adds_and_removes_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 2 to 4 projects here: adds that split blocks, removes that empty them, at
+    the start, the middle and the end; only the blocks a change touched are new."""
+    from artstore import store as store_mod
+    from artstore.catalog import FileCatalog, Project
+
+    monkeypatch.setattr(store_mod, "BLOCK", 2)
+    worker, other = FileCatalog(tmp_path), FileCatalog(tmp_path)
+    listing = store_mod.PerProject(worker, lambda name, project: name)
+
+    def put(*names: str) -> None:
+        def add(projects: Any) -> None:
+            for n in names:
+                projects[n] = Project(n, "", "", {})
+        other.change_projects(add)
+
+    def drop(*names: str) -> None:
+        other.change_projects(lambda projects: [projects.pop(n) for n in names])
+
+    put("b", "d", "f", "h", "j", "l")
+    expected = ["b", "d", "f", "h", "j", "l"]
+    assert [n for block in listing.current() for n in block.values] == expected
+    for change, names in [(put, "a"), (put, "e"), (put, "e1"), (put, "e2"), (put, "z"),
+                          (drop, "a"), (drop, "b"), (drop, "l"), (drop, "e"), (drop, "z"),
+                          (put, "m"), (drop, "missing")]:
+        before = listing.current()
+        change(names)
+        expected = sorted({*expected, names} if change is put else set(expected) - {names})
+        after = listing.current()
+        assert [n for block in after for n in block.values] == expected, (change, names)
+        assert all(len(block.names) <= 4 for block in after)
+        assert sum(block not in before for block in after) <= 2, "untouched blocks made again"
 
 
 def test_the_listing_follows_publishes_across_a_fresh_start_of_the_changes_log(
@@ -311,11 +351,10 @@ def test_the_listing_follows_publishes_across_a_fresh_start_of_the_changes_log(
     names = [f"p{i}" for i in range(4)]
     for name in names:
         worker.create_project(name, {"items": {"report": {"type": "html"}}})
-    assert all(p.last_publish is None for p in worker.list_projects())
+    assert all(p.last_publish is None for p in _listed(worker).values())
     for name in names:
         _publish_page(other, name, "report")
-        listed = {p.name: p.last_publish for p in worker.list_projects()}
-        assert listed[name] is not None, f"the publish to {name} was not seen"
+        assert _listed(worker)[name].last_publish is not None, f"{name}'s publish unseen"
     assert (settings.state_dir / "changes.log").stat().st_size <= len("p0\n")
 
 

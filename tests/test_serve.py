@@ -216,6 +216,31 @@ def test_a_reader_never_applies_a_line_of_one_log_at_an_offset_of_another(
     assert fired
 
 
+def test_the_projects_after_a_change_elsewhere_are_in_name_order_and_reuse_the_rest(
+        tmp_path: Path) -> None:
+    """Another worker adds, changes and removes projects: the projects this one lists are
+    in name order, and each project nobody changed is the record it had before."""
+    from artstore.catalog import Project
+
+    def put(name: str, description: str = "") -> Any:
+        return lambda projects: projects.__setitem__(name, Project(name, description, "",
+                                                                   {}))
+
+    reader, writer = Registry(tmp_path), Registry(tmp_path)
+    for name in ("b", "d", "f"):
+        writer.change(put(name))
+    before = reader.load()
+    cursor, _ = reader.changed_since(None)
+    writer.change(put("a"))
+    writer.change(put("d", "changed"))
+    writer.change(lambda projects: projects.pop("f"))
+    after = reader.load()
+    assert list(after) == ["a", "b", "d"]
+    assert after["b"] is before["b"] and after["d"].description == "changed"
+    assert reader.changed_since(cursor)[1] == {"a", "d", "f"}
+    assert list(before) == ["b", "d", "f"], "the list handed out before stays as it was"
+
+
 def test_a_change_torn_by_a_crash_is_never_read_and_is_cut_off_by_the_next(
         tmp_path: Path) -> None:
     from artstore.catalog import Project

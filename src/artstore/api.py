@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -47,6 +47,7 @@ from .metrics import Metrics
 from .openapi import document
 from .settings import Settings, config_path, load
 from .store import (
+    Block,
     Incoming,
     ItemView,
     ProjectSummary,
@@ -77,9 +78,10 @@ class Services:
     store: Store
     tokens: auth.Tokens
     metrics: Metrics
-    # GET /: the store's list and its JSON; each project's part is encoded once.
-    listing: tuple[list[ProjectSummary], bytes] | None = None
-    listed: dict[str, tuple[ProjectSummary, bytes]] = field(default_factory=dict)
+    # GET /: the store's blocks of projects, the JSON, and each block's part of it by the
+    # block's id() (the blocks, kept with it, are every block the ids name).
+    listing: tuple[tuple[Block[ProjectSummary], ...], bytes, dict[int, bytes]] = \
+        ((), b"", {})
 
 
 def services() -> Services:
@@ -463,19 +465,16 @@ def list_projects() -> Any:
     may_read()
     svc = services()
     found = svc.store.list_projects()
-    if svc.listing is None or svc.listing[0] is not found:  # the store reuses an unchanged
-        listed = {}                                          # list, and unchanged summaries
-        for p in found:
-            part = svc.listed.get(p.name)
-            if part is None or part[0] is not p:
-                part = (p, json.dumps({"name": p.name, "description": p.description,
-                                       "items": list(p.items),
-                                       "last_publish": p.last_publish}).encode())
-            listed[p.name] = part
-        svc.listed = listed
-        svc.listing = (found, b'{"projects": [' + b", ".join(j for _, j in listed.values())
-                       + b"]}")
-    return Response(svc.listing[1], mimetype="application/json")
+    before = svc.listing
+    if before[0] is not found or not before[1]:
+        # The store reuses unchanged blocks: only a changed block is encoded again.
+        parts = {id(block): before[2].get(id(block)) or b", ".join(
+            json.dumps({"name": p.name, "description": p.description, "items": list(p.items),
+                        "last_publish": p.last_publish}).encode() for p in block.values)
+            for block in found}
+        body = b'{"projects": [' + b", ".join(parts.values()) + b"]}"
+        svc.listing = before = (found, body, parts)
+    return Response(before[1], mimetype="application/json")
 
 
 def create_project(project: str) -> Any:

@@ -19,9 +19,10 @@ guarantees:
 - ``project_lock(project)``: serialises a project's deletion with the writers of its pages.
 - ``drop_item``, ``drop_project``, ``drop_manifest``: idempotent; the sweep finishes one
   that a crash cut short.
-- ``mark_changed(project)`` and ``changes_since(cursor)``: which projects' published files
-  changed, seen by every worker; a reader may be told "anything may have changed" at any
-  time, never nothing when something did (short of a rare, bounded miss: see there).
+- ``mark_changed(project)`` and ``changes_since(cursor)``: which projects' configuration or
+  published files changed, seen by every worker; a reader may be told "anything may have
+  changed" at any time, never nothing when something did (short of a rare, bounded miss:
+  see there).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import storage
 from .errors import BadRequest, ConfigError
@@ -48,9 +49,30 @@ FORMAT = 2
 
 # A release's files: path -> (sha256, size).
 Manifest = Mapping[str, "tuple[str, int]"]
-# Where a reader of changes.log is: (the file's inode, the offset read up to).
-Cursor = tuple[int, int]
+# Where a reader of the changes is: in the projects' configurations (epoch, count), and in
+# changes.log (the file's inode, the offset read up to).
+Cursor = tuple[tuple[int, int], tuple[int, int]]
 CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
+TOUCHED_LIMIT = 100_000  # project changes a worker remembers before it forgets them all
+V = TypeVar("V")
+
+
+def _remade(old: Mapping[str, V], names: set[str],
+              make: Callable[[str], V | None]) -> dict[str, V]:
+    """A copy of ``old`` (in name order) with each of ``names`` made again, or left out
+    where ``make`` gives None. Its cost is a copy, not a Python step per entry."""
+    new, added = dict(old), False
+    for name in names:
+        value = make(name)
+        if value is None:
+            new.pop(name, None)
+        else:
+            added = added or name not in new
+            new[name] = value
+    if added:
+        keys = sorted(new)  # nearly sorted already: one pass
+        new = dict(zip(keys, map(new.__getitem__, keys)))
+    return new
 
 
 # -------------------------------------------------------------------- records
@@ -248,6 +270,11 @@ class Registry:
         self._raw: dict[str, Any] = {}  # name -> its stored JSON
         self._records: dict[str, Project] = {}
         self._all: dict[str, Project] | None = None
+        # The names set or removed since the projects were last read whole (the epoch), in
+        # order: what changed since a cursor, and what ``load`` makes again.
+        self._epoch = 0
+        self._touched: list[str] = []
+        self._all_at = 0  # how much of _touched _all has taken in
         self._validated = False
         self._lock = threading.RLock()  # the request threads of a worker share this
 
@@ -326,10 +353,13 @@ class Registry:
             ) from None
         self._validated = True
         self._raw, self._records, self._all = raw, {}, None
+        self._epoch, self._touched, self._all_at = self._epoch + 1, [], 0
 
     def _set(self, name: str, data: Any) -> None:
         self._records.pop(name, None)
-        self._all = None
+        if len(self._touched) >= TOUCHED_LIMIT:  # a new epoch: every reader looks at all
+            self._epoch, self._touched, self._all, self._all_at = self._epoch + 1, [], None, 0
+        self._touched.append(name)
         if data is None:
             self._raw.pop(name, None)
         else:
@@ -353,7 +383,22 @@ class Registry:
             self._refresh()
             if self._all is None:
                 self._all = {n: self._record(n) for n in sorted(self._raw)}  # type: ignore
+            elif self._all_at < len(self._touched):  # a copy, with the projects changed
+                self._all = _remade(self._all, set(self._touched[self._all_at:]),
+                                      self._record)
+            self._all_at = len(self._touched)
             return self._all
+
+    def changed_since(self, cursor: tuple[int, int] | None
+                      ) -> tuple[tuple[int, int], set[str] | None]:
+        """The projects set or removed since ``cursor``, and the cursor for the next call;
+        None instead of the names when they cannot be known (read whole meanwhile)."""
+        with self._lock:
+            self._refresh()
+            now = (self._epoch, len(self._touched))
+            if cursor is None or cursor[0] != self._epoch or cursor[1] > now[1]:
+                return now, None
+            return now, set(self._touched[cursor[1]:])
 
     def names(self) -> list[str]:
         with self._lock:
@@ -679,12 +724,23 @@ class FileCatalog:
             storage.atomic_write(self.changes_path, b"", durable=False)
 
     def changes_since(self, cursor: Cursor | None) -> tuple[Cursor, set[str] | None]:
-        """The projects marked changed since ``cursor`` (as a previous call returned it),
-        and the cursor for the next call. None instead of the names when they cannot be
-        known (no cursor, or the file was started anew): anything may have changed.
+        """The projects whose configuration changed (created, changed, deleted) or that
+        were marked changed since ``cursor`` (as a previous call returned it), and the
+        cursor for the next call. None instead of the names when they cannot be known (no
+        cursor, a worker that read everything anew, a changes.log begun anew): anything
+        may have changed. Call it before ``projects()``, so what that shows is never
+        newer than the cursor says.
 
-        A project marked in the instant the file is started anew can be missed; a reader
+        A project marked in the instant changes.log is begun anew can be missed; a reader
         looks at everything now and then (``Store.list_projects``)."""
+        configured, names = self.registry.changed_since(None if cursor is None else cursor[0])
+        published, marked = self._marked_since(None if cursor is None else cursor[1])
+        if names is None or marked is None:
+            return (configured, published), None
+        return (configured, published), names | marked
+
+    def _marked_since(self, cursor: tuple[int, int] | None
+                      ) -> tuple[tuple[int, int], set[str] | None]:
         try:
             with open(self.changes_path, "rb") as f:
                 st = os.fstat(f.fileno())

@@ -15,6 +15,7 @@ next start brings the blob store back into agreement with the catalog.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 from urllib.parse import quote
 
 from . import archive, htmlrefs, pages, storage
@@ -64,6 +65,8 @@ MAX_META_VALUE = 1024
 ROOT_PAGE_INLINE = 0.005  # seconds: a rewrite of the list of projects this cheap is inline
 ROOT_PAGE_DELAY = 1.0  # else at most one a second, in the background (servers only)
 LISTING_REFRESH = 60.0  # seconds: GET / looks at every project at least this often
+BLOCK = 128  # projects per block of the listing (up to twice as many after inserts)
+T = TypeVar("T")
 
 
 def now() -> str:
@@ -144,13 +147,8 @@ class Store:
             max_component_bytes=settings.max_name_bytes,
             max_ratio=settings.max_ratio,
         )
-        # GET /: the projects it was made from, each one's summary, the list; the cursor
-        # in the catalog's changes; when to look at everything again.
-        self._listing: tuple[dict[str, Project], dict[str, tuple[Project, ProjectSummary]],
-                             list[ProjectSummary]] | None = None
-        self._listing_cursor: Cursor | None = None
-        self._listing_due = 0.0
-        self._root_rows: dict[str, tuple[Project, str]] = {}  # rendered once per change
+        self._summaries = PerProject(self.catalog, self._summary)  # GET /
+        self._root_rows = PerProject(self.catalog, _root_row)  # base_path/index.html
         self._root_page_wanted: threading.Event | None = None
         self._root_page_cost = 0.0  # seconds the last rewrite of the list of projects took
 
@@ -199,32 +197,15 @@ class Store:
 
     # ----------------------------------------------------------- projects
 
-    def list_projects(self) -> list[ProjectSummary]:
-        """All projects, in name order. Only the projects changed since the last call (in
-        any worker) are looked at again, and every one once every LISTING_REFRESH seconds:
-        the same list, and the same summary of each unchanged project, until then."""
-        projects = self.catalog.projects()
-        self._listing_cursor, changed = self.catalog.changes_since(self._listing_cursor)
-        cached, now_ = self._listing, time.monotonic()
-        if cached is None or changed is None or now_ >= self._listing_due:
-            known: dict[str, tuple[Project, ProjectSummary]] = {}
-            changed, self._listing_due = set(), now_ + LISTING_REFRESH
-        elif cached[0] is projects and not changed:
-            return cached[2]
-        else:
-            known = cached[1]
-        summaries = {}
-        for name, project in projects.items():  # in name order
-            entry = known.get(name)
-            if entry is None or entry[0] is not project or name in changed:
-                times = [t for t in (self.blobs.published(name, i) for i in project.items)
-                         if t]
-                entry = (project, ProjectSummary(name, project.description,
-                                                 tuple(sorted(project.items)),
-                                                 max(times, default=None)))
-            summaries[name] = entry
-        self._listing = (projects, summaries, [summary for _, summary in summaries.values()])
-        return self._listing[2]
+    def list_projects(self) -> tuple[Block[ProjectSummary], ...]:
+        """All projects, in name order, in blocks: the same blocks until something changes
+        in them, in any worker (see ``PerProject``)."""
+        return self._summaries.current()
+
+    def _summary(self, name: str, project: Project) -> ProjectSummary:
+        times = [t for t in (self.blobs.published(name, i) for i in project.items) if t]
+        return ProjectSummary(name, project.description, tuple(sorted(project.items)),
+                              max(times, default=None))
 
     def project_view(self, name: str) -> ProjectView:
         project = self.project(name)
@@ -649,16 +630,8 @@ class Store:
     def write_root_page(self) -> None:
         started = time.monotonic()
         with self.catalog.project_lock(None):
-            projects = self.catalog.projects()
-            rows = {}
-            for name, project in projects.items():  # in name order
-                cached = self._root_rows.get(name)
-                if cached is None or cached[0] is not project:
-                    cached = (project, pages.root_row({"name": name, "items": project.items,
-                                                       "description": project.description}))
-                rows[name] = cached
-            self._root_rows = rows
-            self.blobs.write_page(None, pages.root_page([row for _, row in rows.values()]))
+            rows = [row for block in self._root_rows.current() for row in block.values]
+            self.blobs.write_page(None, pages.root_page(rows))
         self._root_page_cost = time.monotonic() - started
 
     # --------------------------------------------------------- maintenance
@@ -782,6 +755,76 @@ class Store:
                 self.blobs.point_live(project, item, fixed.live)
             if fixed.live:
                 self._prune(project, item, conf, fixed)
+
+
+class PerProject(Generic[T]):
+    """What ``make`` makes of every project, in name order, in blocks of about BLOCK: made
+    again only for the projects the catalog says changed since the last look (in any
+    worker), and for all of them when it cannot say and once every LISTING_REFRESH
+    seconds. A change to one project of 10,000 makes one block again, and a user of the
+    blocks (the JSON of ``GET /``) redoes its part of only that block."""
+
+    def __init__(self, catalog: FileCatalog, make: Callable[[str, Project], T]) -> None:
+        self._catalog, self._make = catalog, make
+        self._cursor: Cursor | None = None
+        self._due = 0.0
+        self._blocks: tuple[Block[T], ...] = ()
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[Block[T], ...]:
+        """The blocks: the same tuple, and the same unchanged blocks, until a change."""
+        with self._lock:
+            cursor, changed = self._catalog.changes_since(self._cursor)
+            if changed is None or self._cursor is None or time.monotonic() >= self._due:
+                projects = self._catalog.projects()  # never older than the cursor
+                names = list(projects)
+                self._blocks = tuple(
+                    Block(tuple(names[i:i + BLOCK]),
+                          tuple(self._make(n, projects[n]) for n in names[i:i + BLOCK]))
+                    for i in range(0, len(names), BLOCK))
+                self._due = time.monotonic() + LISTING_REFRESH
+            elif changed:
+                blocks = list(self._blocks)
+                for name in sorted(changed):
+                    self._remake(blocks, name, self._catalog.project(name))
+                self._blocks = tuple(blocks)
+            self._cursor = cursor
+            return self._blocks
+
+    def _remake(self, blocks: list[Block[T]], name: str, project: Project | None) -> None:
+        at = max(0, bisect.bisect_right([b.names[0] for b in blocks], name) - 1)
+        names, values = (list(blocks[at].names), list(blocks[at].values)) if blocks else \
+            ([], [])
+        i = bisect.bisect_left(names, name)
+        present = i < len(names) and names[i] == name
+        if project is None:
+            if not present:
+                return
+            del names[i], values[i]
+        elif present:
+            values[i] = self._make(name, project)
+        else:
+            names.insert(i, name)
+            values.insert(i, self._make(name, project))
+        if len(names) > 2 * BLOCK:  # split in two
+            new = [Block(tuple(names[:BLOCK]), tuple(values[:BLOCK])),
+                   Block(tuple(names[BLOCK:]), tuple(values[BLOCK:]))]
+        else:
+            new = [Block(tuple(names), tuple(values))] if names else []
+        blocks[at:at + 1] = new
+
+
+@dataclass(frozen=True, eq=False)
+class Block(Generic[T]):
+    """Consecutive projects (in name order) and what was made of each."""
+
+    names: tuple[str, ...]
+    values: tuple[T, ...]
+
+
+def _root_row(name: str, project: Project) -> str:
+    return pages.root_row({"name": name, "items": project.items,
+                           "description": project.description})
 
 
 # -------------------------------------------------------------------- helpers
