@@ -339,6 +339,32 @@ def test_the_listing_stays_in_name_order_through_adds_and_removes_elsewhere(
         assert sum(block not in before for block in after) <= 2, "untouched blocks made again"
 
 
+def test_get_root_lists_hundreds_of_projects_in_order_before_and_after_changes(
+        client: Any, settings: Any) -> None:
+    """Several blocks of the listing, each sent as its own part after a change."""
+    from artstore.catalog import Project
+    from artstore.store import Store
+
+    names = [f"p{i:03d}" for i in range(0, 600, 2)]
+
+    def add(projects: Any) -> None:
+        for name in names:
+            projects[name] = Project(name, "", "", {})
+
+    Store(settings).catalog.change_projects(add)
+    for change in (None, "p001", "p599", "p300"):
+        if change == "p300":
+            assert client.delete(f"/{change}", headers=AUTH).status_code == 204
+            names.remove(change)
+        elif change:
+            assert client.post(f"/{change}", json={"items": {}}, headers=AUTH).status_code == 201
+            names = sorted([*names, change])
+        for _ in range(2):  # right after the change, then cached
+            r = client.get("/")
+            assert [p["name"] for p in json.loads(r.data)["projects"]] == names
+            assert int(r.headers["Content-Length"]) == len(r.data)
+
+
 def test_the_listing_follows_publishes_across_a_fresh_start_of_the_changes_log(
         settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file of changes begins anew when it grows (here at once): a worker that
