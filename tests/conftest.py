@@ -142,3 +142,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
                        {"ARTSTORE_ADMIN_TOKEN": ADMIN}, tmp_path / "server.log")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server for the session (tests/pg.py); skips if there is none."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+    from tests import pg
+
+    try:
+        cluster = pg.start()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """The URL of a fresh, empty database."""
+    return str(postgres.new_database())

@@ -30,7 +30,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +48,9 @@ FORMAT = 2
 
 # A release's files: path -> (sha256, size).
 Manifest = Mapping[str, "tuple[str, int]"]
-# Where a reader of changes.log is: (the file's inode, the offset read up to).
+# Where a reader of the changes is, read only by the home that made it: in the state
+# directory (changes.log's inode, the offset read up to); in PostgreSQL (the database's
+# store id, the last change's id).
 Cursor = tuple[int, int]
 CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
 
@@ -369,7 +371,9 @@ class Registry:
         """
         with self._lock, storage.locked(self.lock_path):
             self._refresh(locked=True)
-            changes = ProjectChanges(self)
+            # Just read under the lock: the records are current, and reading the files
+            # again would wait on the lock this change holds.
+            changes = ProjectChanges(self._record, lambda: list(self._raw))
             result = mutate(changes)
             if changes.changed:
                 self._append(b"".join(
@@ -420,19 +424,20 @@ class Registry:
 
 
 class ProjectChanges:
-    """The projects as ``Registry.change`` hands them to a change: read any, set or
-    remove some; only what is set or removed is written."""
+    """The projects as a catalog's ``change_projects`` hands them to a change: read any,
+    set or remove some; only what is set or removed is written. ``read`` and ``names``
+    read the projects as they are under the lock the change holds."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, read: Callable[[str], Project | None],
+                 names: Callable[[], Iterable[str]]) -> None:
+        self._read = read
+        self._names = names
         self.changed: dict[str, Project | None] = {}
 
-    # The registry was read under its lock just before (``Registry.change``): its records
-    # are current, and reading it again would wait on the lock the change holds.
     def get(self, name: str) -> Project | None:
         if name in self.changed:
             return self.changed[name]
-        return self._registry._record(name)
+        return self._read(name)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -454,7 +459,7 @@ class ProjectChanges:
         return found
 
     def clear(self) -> None:
-        for name in list(self._registry._raw):
+        for name in list(self._names()):
             self.changed[name] = None
 
 
