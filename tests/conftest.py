@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -47,8 +48,13 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(config_path: Path) -> settings_mod.Settings:
-    return settings_mod.load(config_path, environ={})
+def settings(config_path: Path, request: Any) -> settings_mod.Settings:
+    """The settings of a fresh store; ``ARTSTORE_TEST_CATALOG=postgres`` puts its catalog
+    in a fresh PostgreSQL database instead of the state directory."""
+    loaded = settings_mod.load(config_path, environ={})
+    if os.environ.get("ARTSTORE_TEST_CATALOG") == "postgres":
+        loaded = dataclasses.replace(loaded, catalog=request.getfixturevalue("pg_url"))
+    return loaded
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ processes, to kill one holding a lock or to race at start.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -424,3 +425,19 @@ def test_a_cursor_older_than_the_changes_kept_or_of_another_database_reads_none(
     assert two.changes_since(recent)[1] == {"new"}
     other = open_catalog(postgres.new_database())
     assert other.changes_since(recent)[1] is None
+
+
+def test_the_catalog_setting_picks_the_home(tmp_path: Path, pg_url: str) -> None:
+    from artstore import settings as settings_mod
+    from artstore.pgcatalog import PostgresCatalog
+    from artstore.store import Store
+
+    config = tmp_path / "artstore.json"
+    config.write_text(json.dumps({"base_path": "public", "temp_path": "tmp"}))
+    assert isinstance(Store(settings_mod.load(config, environ={})).catalog, FileCatalog)
+    in_db = Store(settings_mod.load(config, environ={"ARTSTORE_CATALOG": pg_url}))
+    assert isinstance(in_db.catalog, PostgresCatalog)
+    in_db.create_project("demo", {"items": {"docs": {"type": "tgz"}}})
+    assert list(open_catalog(pg_url).projects()) == ["demo"]
+    assert not (tmp_path / "projects.json").exists()
+    assert not (tmp_path / "projects.log").exists()

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
 from . import archive, htmlrefs, pages, storage
@@ -53,6 +53,9 @@ from .errors import (
 from .names import check_filename, check_name, filename_problem
 from .settings import Settings
 from .storage import Incoming, upload_too_large
+
+if TYPE_CHECKING:
+    from .pgcatalog import PostgresCatalog
 
 __all__ = ["Incoming", "Store", "upload_too_large"]
 
@@ -134,7 +137,7 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.temp_path.mkdir(parents=True, exist_ok=True)
-        self.catalog = FileCatalog(settings.state_dir)  # a broken projects.json stops us
+        self.catalog = open_catalog(settings)  # a broken projects.json stops us
         self.blobs = LocalBlobStore(settings.base_path)
         self.limits = archive.Limits(
             max_bytes=settings.max_extract_bytes,
@@ -785,6 +788,15 @@ class Store:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def open_catalog(settings: Settings) -> FileCatalog | PostgresCatalog:
+    """The catalog the ``catalog`` setting names: the state directory, or a database."""
+    if settings.catalog:
+        from .pgcatalog import PostgresCatalog  # psycopg only when a database is named
+
+        return PostgresCatalog(settings.catalog)
+    return FileCatalog(settings.state_dir)
 
 
 def _new_id(taken: set[str]) -> str:
