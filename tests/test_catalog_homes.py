@@ -441,3 +441,28 @@ def test_the_catalog_setting_picks_the_home(tmp_path: Path, pg_url: str) -> None
     assert list(open_catalog(pg_url).projects()) == ["demo"]
     assert not (tmp_path / "projects.json").exists()
     assert not (tmp_path / "projects.log").exists()
+
+
+def test_after_the_server_ends_its_connections_one_call_fails_and_the_next_reconnect(
+        pg_url: str) -> None:
+    import psycopg
+
+    catalog = open_catalog(pg_url)
+    busy = threading.Barrier(3)
+
+    def hold() -> None:  # three connections at once: three idle in the pool afterwards
+        with catalog.item_lock("demo", threading.current_thread().name):
+            busy.wait(timeout=10)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with pytest.raises(psycopg.OperationalError):
+        catalog.format()
+    assert catalog.format() == FORMAT
+    assert catalog.projects() == {}

@@ -91,7 +91,9 @@ MAINTENANCE_LOCK = lock_key("artstore", "maintenance")
 class _Pool:
     """A few idle connections shared by a worker's threads (autocommit: a transaction is
     always explicit). A connection is used by one thread at a time; one left in a
-    transaction, broken, or made in another process (a fork) is never reused."""
+    transaction, broken, or made in another process (a fork) is never reused. One found
+    broken (the server restarted, or ended it) closes the idle ones too, as they most
+    likely are: the call that found it fails, the next ones connect again."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -113,15 +115,19 @@ class _Pool:
         try:
             yield conn
         finally:
+            broken = conn.closed  # by the server, or by _held after a failed unlock
             idle = (not conn.closed
                     and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+            stale: list[psycopg.Connection[Any]] = []
             with self._lock:
-                if (idle and not self._closed and len(self._idle) < POOL_IDLE
+                if broken:
+                    stale, self._idle = self._idle, []
+                elif (idle and not self._closed and len(self._idle) < POOL_IDLE
                         and self._pid == os.getpid()):
                     self._idle.append(conn)
                     conn = None
-            if conn is not None:
-                conn.close()
+            for dead in [*stale, *([conn] if conn is not None else [])]:
+                dead.close()
 
     def close(self) -> None:
         """Close the idle connections, and each one in use when it is done with."""
@@ -408,8 +414,7 @@ class PostgresCatalog:
             oldest, last = conn.execute("SELECT min(id), max(id) FROM changes").fetchone()  # type: ignore[misc]
             last = last or 0
             if (cursor is None or cursor[0] != store_id or cursor[1] > last
-                    or (oldest is not None and cursor[1] < oldest - 1)
-                    or (oldest is None and cursor[1] != last)):
+                    or (oldest is not None and cursor[1] < oldest - 1)):
                 return (store_id, last), None
             rows = conn.execute("SELECT project FROM changes WHERE id > %s",
                                 (cursor[1],)).fetchall()
