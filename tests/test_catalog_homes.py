@@ -466,3 +466,62 @@ def test_after_the_server_ends_its_connections_one_call_fails_and_the_next_recon
         catalog.format()
     assert catalog.format() == FORMAT
     assert catalog.projects() == {}
+
+
+def test_a_server_of_several_workers_keeps_its_catalog_in_postgresql(
+        tmp_path: Path, pg_url: str) -> None:
+    """Uploads to one item from many clients at once, across three workers sharing the
+    database: each is kept, in one order; a token revoked is refused at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.archives import member, tgz_bytes
+    from tests.conftest import ADMIN, AUTH, start_server, write_config
+
+    config = write_config(tmp_path / "state")
+    server = start_server(tmp_path, ["--config", str(config), "--workers", "3"],
+                          {"ARTSTORE_ADMIN_TOKEN": ADMIN, "ARTSTORE_CATALOG": pg_url},
+                          tmp_path / "server.log")
+    try:
+        items = {"docs": {"type": "tgz", "keep": 20}}
+        assert requests.post(server.url + "/demo", json={"items": items},
+                             headers=AUTH).status_code == 201
+        token = requests.post(server.url + "/demo/_tokens", headers=AUTH).json()
+        bearer = {"Authorization": f"Bearer {token['token']}"}
+
+        def publish(n: int) -> int:
+            body = tgz_bytes([member("index.html", f"v{n}".encode())])
+            return requests.put(f"{server.url}/demo/docs?filename=site.tgz", data=body,
+                                headers=bearer, timeout=60).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(publish, range(12))) == [201] * 12
+        releases = [requests.get(server.url + "/demo/docs").json()["releases"]
+                    for _ in range(6)]  # asked of every worker, all agree
+        assert all(len(r) == 12 and r == releases[0] for r in releases)
+        assert [p["name"] for p in requests.get(server.url + "/").json()["projects"]] == [
+            "demo"]
+        assert not (tmp_path / "state" / "projects.json").exists()
+        assert requests.delete(f"{server.url}/demo/_tokens/{token['id']}",
+                               headers=AUTH).status_code == 204
+        assert {publish(99) for _ in range(6)} == {401}
+    finally:
+        server.stop()
+
+
+def test_a_catalog_database_out_of_reach_stops_serve_with_a_clear_error(
+        tmp_path: Path, postgres: Any) -> None:
+    import os
+
+    from tests.conftest import ADMIN, write_config
+
+    config = write_config(tmp_path / "state")
+    proc = subprocess.run(
+        [sys.executable, "-m", "artstore.cli", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ARTSTORE_ADMIN_TOKEN": ADMIN,
+             "ARTSTORE_CATALOG": postgres.url("no_such_database")})
+    assert proc.returncode != 0
+    assert "cannot use the catalog database" in proc.stderr
+    assert "no_such_database" in proc.stderr

@@ -497,6 +497,10 @@ class FileCatalog:
                 and not self.format_path.exists()):
             self.set_format(FORMAT)  # a new store: nothing in it is of an older format
 
+    def close(self) -> None:
+        """Nothing to close: the files are opened for each call (and the log a worker
+        follows is closed with its registry)."""
+
     # -- projects
 
     def projects(self) -> dict[str, Project]:
