@@ -525,3 +525,26 @@ def test_a_catalog_database_out_of_reach_stops_serve_with_a_clear_error(
     assert proc.returncode != 0
     assert "cannot use the catalog database" in proc.stderr
     assert "no_such_database" in proc.stderr
+
+
+def test_changes_name_the_projects_whose_configuration_changed(pg_url: str) -> None:
+    """PostgreSQL's home only on this branch: main's FileCatalog does the same since
+    2084c54, and this joins the contract tests above when the branches meet."""
+    one, two = open_catalog(pg_url), open_catalog(pg_url)
+    cursor, _ = two.changes_since(None)
+    one.change_projects(lambda p: p.__setitem__("new", project("new")))
+    cursor, names = two.changes_since(cursor)
+    assert names == {"new"}
+
+    def abandoned(projects: Any) -> None:
+        projects.pop("new")
+        projects["x"] = project("x")
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):
+        one.change_projects(abandoned)
+    one.change_projects(lambda p: None)  # changes nothing
+    cursor, names = two.changes_since(cursor)
+    assert names == set()
+    one.change_projects(lambda p: p.pop("new"))
+    assert two.changes_since(cursor)[1] == {"new"}

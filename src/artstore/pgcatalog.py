@@ -29,7 +29,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 import psycopg
@@ -243,7 +243,9 @@ class PostgresCatalog:
     def change_projects(self, mutate: Callable[[ProjectChanges], Any]) -> Any:
         """Run ``mutate`` on the projects, then write what it changed, in one transaction
         that holds the store's row lock: changes are serialised across every worker, and
-        one that raises changes nothing. ``mutate``'s return value is passed back."""
+        one that raises changes nothing. The projects changed are marked changed in the
+        same transaction (``changes_since`` names them). ``mutate``'s return value is
+        passed back."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT projects_version FROM store FOR UPDATE")
 
@@ -266,6 +268,7 @@ class PostgresCatalog:
                                  (name, Json(project.as_json())))
             if changes.changed:
                 conn.execute("UPDATE store SET projects_version = projects_version + 1")
+                self._mark(conn, changes.changed)
         return result
 
     @contextlib.contextmanager
@@ -397,14 +400,22 @@ class PostgresCatalog:
         """Note that what ``project`` has published changed, for ``changes_since`` in every
         worker. Marks are serialised, so their ids commit in order and a reader that has
         seen one has seen every one before it."""
-        with self._transaction("artstore", "changes") as conn:
+        with self._transaction() as conn:
+            self._mark(conn, [project])
+
+    def _mark(self, conn: psycopg.Connection[Any], projects: Iterable[str]) -> None:
+        """Record ``projects`` as changed, in the caller's transaction; the lock, held to
+        its commit, makes the ids commit in order."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("artstore", "changes"),))
+        for project in projects:
             row = conn.execute("INSERT INTO changes (project) VALUES (%s) RETURNING id",
                                (project,)).fetchone()
             if row is not None and row[0] % CHANGES_PRUNE_EVERY == 0:
                 conn.execute("DELETE FROM changes WHERE id <= %s", (row[0] - CHANGES_KEPT,))
 
     def changes_since(self, cursor: Cursor | None) -> tuple[Cursor, set[str] | None]:
-        """The projects marked changed since ``cursor`` (as a previous call returned it),
+        """The projects whose configuration changed (created, changed, deleted) or that
+        were marked changed since ``cursor`` (as a previous call returned it),
         and the cursor for the next call. None instead of the names when they cannot be
         known (no cursor, one of another database, or one older than the changes kept):
         anything may have changed."""
