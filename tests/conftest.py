@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -47,8 +48,13 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(config_path: Path) -> settings_mod.Settings:
-    return settings_mod.load(config_path, environ={})
+def settings(config_path: Path, request: Any) -> settings_mod.Settings:
+    """The settings of a fresh store; ``ARTSTORE_TEST_CATALOG=postgres`` puts its catalog
+    in a fresh PostgreSQL database instead of the state directory."""
+    loaded = settings_mod.load(config_path, environ={})
+    if os.environ.get("ARTSTORE_TEST_CATALOG") == "postgres":
+        loaded = dataclasses.replace(loaded, catalog=request.getfixturevalue("pg_url"))
+    return loaded
 
 
 @pytest.fixture
@@ -142,3 +148,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
                        {"ARTSTORE_ADMIN_TOKEN": ADMIN}, tmp_path / "server.log")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server for the session (tests/pg.py); skips if there is none."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+    from tests import pg
+
+    try:
+        cluster = pg.start()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """The URL of a fresh, empty database."""
+    return str(postgres.new_database())

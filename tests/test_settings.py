@@ -48,6 +48,8 @@ def test_relative_paths_are_resolved_against_the_state_directory(tmp_path: Path)
     ({"base_path": "p", "temp_path": "t", "max_members": 0}, "max_members"),
     ({"base_path": "p", "temp_path": "t", "serve_files": "yes"}, "serve_files"),
     ({"base_path": "p", "temp_path": "t", "default_keep": True}, "default_keep"),
+    ({"base_path": "p", "temp_path": "t", "catalog": "mysql://db"}, "catalog"),
+    ({"base_path": "p", "temp_path": "t", "catalog": "projects.json"}, "catalog"),
     ({"temp_path": "t"}, "base_path"),
     ({"base_path": "", "temp_path": "t"}, "base_path"),
 ])

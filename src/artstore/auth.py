@@ -15,12 +15,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import storage
 from .catalog import FileCatalog
 from .errors import ConfigError, Forbidden, NotFound, Unauthorized
 from .names import NAME_RE
+
+if TYPE_CHECKING:
+    from .pgcatalog import PostgresCatalog
 
 log = logging.getLogger("artstore")
 ADMIN_ENV = "ARTSTORE_ADMIN_TOKEN"
@@ -73,7 +76,7 @@ class Tokens:
     project's tokens, however many projects there are.
     """
 
-    def __init__(self, catalog: FileCatalog, admin_token: str) -> None:
+    def __init__(self, catalog: FileCatalog | PostgresCatalog, admin_token: str) -> None:
         self.catalog = catalog
         self._admin_digest = _digest(admin_token)
 

@@ -31,7 +31,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -49,9 +49,10 @@ FORMAT = 2
 
 # A release's files: path -> (sha256, size).
 Manifest = Mapping[str, "tuple[str, int]"]
-# Where a reader of the changes is: in the projects' configurations (epoch, count), and in
-# changes.log (the file's inode, the offset read up to).
-Cursor = tuple[tuple[int, int], tuple[int, int]]
+# Where a reader of the changes is, read only by the home that made it: in the state
+# directory, in the projects' configurations (epoch, count) and in changes.log (its inode,
+# the offset read up to); in PostgreSQL, the database's store id and the last change's id.
+Cursor = tuple[Any, ...]
 CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
 TOUCHED_LIMIT = 100_000  # project changes a worker remembers before it forgets them all
 V = TypeVar("V")
@@ -351,9 +352,18 @@ class Registry:
                 f"{self.path} is broken ({detail}); fix or restore it by hand while the "
                 "service is stopped - it is never reset automatically"
             ) from None
-        self._validated = True
-        self._raw, self._records, self._all = raw, {}, None
-        self._epoch, self._touched, self._all_at = self._epoch + 1, [], 0
+        if not self._validated:  # the first read: nothing to compare with
+            self._validated = True
+            self._raw, self._records, self._all = raw, {}, None
+            self._epoch, self._touched, self._all_at = self._epoch + 1, [], 0
+            return
+        # Read anew (another worker folded the log): what differs is what changed.
+        old = self._raw
+        changed = sorted(n for n in old.keys() | raw.keys() if old.get(n) != raw.get(n))
+        self._raw = raw
+        for name in changed:
+            self._records.pop(name, None)
+        self._touched.extend(changed)
 
     def _set(self, name: str, data: Any) -> None:
         self._records.pop(name, None)
@@ -392,7 +402,8 @@ class Registry:
     def changed_since(self, cursor: tuple[int, int] | None
                       ) -> tuple[tuple[int, int], set[str] | None]:
         """The projects set or removed since ``cursor``, and the cursor for the next call;
-        None instead of the names when they cannot be known (read whole meanwhile)."""
+        None instead of the names when they cannot be known (a cursor of another epoch:
+        from before this worker first read them, or TOUCHED_LIMIT changes ago)."""
         with self._lock:
             self._refresh()
             now = (self._epoch, len(self._touched))
@@ -414,7 +425,9 @@ class Registry:
         """
         with self._lock, storage.locked(self.lock_path):
             self._refresh(locked=True)
-            changes = ProjectChanges(self)
+            # Just read under the lock: the records are current, and reading the files
+            # again would wait on the lock this change holds.
+            changes = ProjectChanges(self._record, lambda: list(self._raw))
             result = mutate(changes)
             if changes.changed:
                 self._append(b"".join(
@@ -465,19 +478,20 @@ class Registry:
 
 
 class ProjectChanges:
-    """The projects as ``Registry.change`` hands them to a change: read any, set or
-    remove some; only what is set or removed is written."""
+    """The projects as a catalog's ``change_projects`` hands them to a change: read any,
+    set or remove some; only what is set or removed is written. ``read`` and ``names``
+    read the projects as they are under the lock the change holds."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, read: Callable[[str], Project | None],
+                 names: Callable[[], Iterable[str]]) -> None:
+        self._read = read
+        self._names = names
         self.changed: dict[str, Project | None] = {}
 
-    # The registry was read under its lock just before (``Registry.change``): its records
-    # are current, and reading it again would wait on the lock the change holds.
     def get(self, name: str) -> Project | None:
         if name in self.changed:
             return self.changed[name]
-        return self._registry._record(name)
+        return self._read(name)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -499,7 +513,7 @@ class ProjectChanges:
         return found
 
     def clear(self) -> None:
-        for name in list(self._registry._raw):
+        for name in list(self._names()):
             self.changed[name] = None
 
 
@@ -536,6 +550,10 @@ class FileCatalog:
         if (not self.registry.path.exists() and not self.registry.log_path.exists()
                 and not self.format_path.exists()):
             self.set_format(FORMAT)  # a new store: nothing in it is of an older format
+
+    def close(self) -> None:
+        """Nothing to close: the files are opened for each call (and the log a worker
+        follows is closed with its registry)."""
 
     # -- projects
 
@@ -727,9 +745,9 @@ class FileCatalog:
         """The projects whose configuration changed (created, changed, deleted) or that
         were marked changed since ``cursor`` (as a previous call returned it), and the
         cursor for the next call. None instead of the names when they cannot be known (no
-        cursor, a worker that read everything anew, a changes.log begun anew): anything
-        may have changed. Call it before ``projects()``, so what that shows is never
-        newer than the cursor says.
+        cursor, a cursor from too many changes ago, a changes.log begun anew): anything
+        may have changed. Call it before reading the projects, so that they show every
+        change the cursor covers.
 
         A project marked in the instant changes.log is begun anew can be missed; a reader
         looks at everything now and then (``Store.list_projects``)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable, TextIO
 import click
 
 from . import __version__, auth
-from .catalog import ITEM_TYPES, Registry
+from .catalog import ITEM_TYPES
 from .client import ArtstoreClient, ClientError, UsageError, check_names, ci_metadata
 from .errors import ConfigError
 from .settings import Settings, config_path, load, write_embedded_default
@@ -145,11 +145,14 @@ def main() -> None:
 def serve(config: str | None, data_dir: str, host: str, port: int, workers: int) -> None:
     """Run the service (gunicorn, several workers)."""
     from .api import create_site
+    from .store import open_catalog
 
     try:
         settings, embedded = resolve_settings(config, data_dir)
         auth.ensure_admin_token(settings.state_dir)
-        Registry(settings.state_dir).load()  # a broken projects.json stops us here, once
+        # A broken projects.json, or a catalog database out of reach, stops us here, once;
+        # a database is migrated here too, before the workers start.
+        open_catalog(settings).close()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     where = f"http://{host}:{port}"

@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/artstore/artstore.json"
 GiB = 1024**3
+CATALOG_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between background runs of the blob collector, which deletes stored "
             "contents no release holds any more (deleting a release frees its own at once; "
             "this catches what a crash left). One worker runs it, at start too."),
+    Setting("catalog", str, "",
+            "Where the catalog (projects, items, releases, tokens) lives. Empty: the state "
+            "directory. A postgresql:// URL: that PostgreSQL database (needs the postgres "
+            "extra; a password is better given by PGPASSWORD or ~/.pgpass than in the URL)."),
     Setting("trusted_proxies", int, 0,
             "How many proxies in front of the service to trust for X-Forwarded-For, -Proto, "
             "-Host and -Prefix (1 behind the sample nginx)."),
@@ -90,6 +95,7 @@ class Settings:
     read_requires_token: bool = False
     serve_files: bool = False
     collect_interval: int = 3600
+    catalog: str = ""
     trusted_proxies: int = 0
 
 
@@ -141,6 +147,9 @@ def from_mapping(
     state_dir = Path(state_dir).resolve()
     for key in ("base_path", "temp_path"):
         values[key] = (state_dir / values[key]).resolve()
+    if values.get("catalog") and not values["catalog"].startswith(CATALOG_SCHEMES):
+        raise ConfigError("setting 'catalog': expected empty (the state directory) or a "
+                          "postgresql:// URL")
     if "public_url" in values:
         values["public_url"] = values["public_url"].rstrip("/")
     return Settings(state_dir=state_dir, **values)

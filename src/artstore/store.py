@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 from urllib.parse import quote
 
 from . import archive, htmlrefs, pages, storage
@@ -54,6 +54,9 @@ from .errors import (
 from .names import check_filename, check_name, filename_problem
 from .settings import Settings
 from .storage import Incoming, upload_too_large
+
+if TYPE_CHECKING:
+    from .pgcatalog import PostgresCatalog
 
 __all__ = ["Incoming", "Store", "upload_too_large"]
 
@@ -137,7 +140,7 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.temp_path.mkdir(parents=True, exist_ok=True)
-        self.catalog = FileCatalog(settings.state_dir)  # a broken projects.json stops us
+        self.catalog = open_catalog(settings)  # a broken projects.json stops us
         self.blobs = LocalBlobStore(settings.base_path)
         self.limits = archive.Limits(
             max_bytes=settings.max_extract_bytes,
@@ -764,7 +767,8 @@ class PerProject(Generic[T]):
     seconds. A change to one project of 10,000 makes one block again, and a user of the
     blocks (the JSON of ``GET /``) redoes its part of only that block."""
 
-    def __init__(self, catalog: FileCatalog, make: Callable[[str, Project], T]) -> None:
+    def __init__(self, catalog: FileCatalog | PostgresCatalog,
+                 make: Callable[[str, Project], T]) -> None:
         self._catalog, self._make = catalog, make
         self._cursor: Cursor | None = None
         self._due = 0.0
@@ -828,6 +832,15 @@ def _root_row(name: str, project: Project) -> str:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def open_catalog(settings: Settings) -> FileCatalog | PostgresCatalog:
+    """The catalog the ``catalog`` setting names: the state directory, or a database."""
+    if settings.catalog:
+        from .pgcatalog import PostgresCatalog  # psycopg only when a database is named
+
+        return PostgresCatalog(settings.catalog)
+    return FileCatalog(settings.state_dir)
 
 
 def _new_id(taken: set[str]) -> str:
