@@ -67,6 +67,7 @@ MAX_META_ITEMS = 50
 MAX_META_VALUE = 1024
 ROOT_PAGE_INLINE = 0.005  # seconds: a rewrite of the list of projects this cheap is inline
 ROOT_PAGE_DELAY = 1.0  # else at most one a second, in the background (servers only)
+ROOT_PAGE_SETTLE = 0.1  # seconds the background rewrite waits after a change
 LISTING_REFRESH = 60.0  # seconds: GET / looks at every project at least this often
 BLOCK = 128  # projects per block of the listing (up to twice as many after inserts)
 T = TypeVar("T")
@@ -623,6 +624,9 @@ class Store:
         meanwhile."""
         while True:
             wanted.wait()
+            # Not at once: the requests right after a change (the GET / that follows a
+            # POST) go first, rather than share the worker with a 1 MB page's making.
+            time.sleep(ROOT_PAGE_SETTLE)
             wanted.clear()
             try:
                 self.write_root_page()
