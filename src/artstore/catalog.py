@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from . import storage
 from .errors import BadRequest, ConfigError
@@ -55,25 +55,6 @@ Manifest = Mapping[str, "tuple[str, int]"]
 Cursor = tuple[Any, ...]
 CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
 TOUCHED_LIMIT = 100_000  # project changes a worker remembers before it forgets them all
-V = TypeVar("V")
-
-
-def _remade(old: Mapping[str, V], names: set[str],
-              make: Callable[[str], V | None]) -> dict[str, V]:
-    """A copy of ``old`` (in name order) with each of ``names`` made again, or left out
-    where ``make`` gives None. Its cost is a copy, not a Python step per entry."""
-    new, added = dict(old), False
-    for name in names:
-        value = make(name)
-        if value is None:
-            new.pop(name, None)
-        else:
-            added = added or name not in new
-            new[name] = value
-    if added:
-        keys = sorted(new)  # nearly sorted already: one pass
-        new = dict(zip(keys, map(new.__getitem__, keys)))
-    return new
 
 
 # -------------------------------------------------------------------- records
@@ -271,11 +252,10 @@ class Registry:
         self._raw: dict[str, Any] = {}  # name -> its stored JSON
         self._records: dict[str, Project] = {}
         self._all: dict[str, Project] | None = None
-        # The names set or removed since the projects were last read whole (the epoch), in
-        # order: what changed since a cursor, and what ``load`` makes again.
+        # The names set or removed since the projects were first read (the epoch), in
+        # order: what changed since a cursor.
         self._epoch = 0
         self._touched: list[str] = []
-        self._all_at = 0  # how much of _touched _all has taken in
         self._validated = False
         self._lock = threading.RLock()  # the request threads of a worker share this
 
@@ -307,8 +287,8 @@ class Registry:
             fd: int | None = os.open(self.log_path, os.O_RDONLY)
         except FileNotFoundError:
             fd = None
-        ino = None if fd is None else os.fstat(fd).st_ino
-        size = 0 if fd is None else os.fstat(fd).st_size
+        st = None if fd is None else os.fstat(fd)
+        ino, size = (None, 0) if st is None else (st.st_ino, st.st_size)
         if (not self._validated or ino != (None if self._log is None else self._log[1])
                 or size < self._offset):
             self._load_file()  # the first read, or a fold began a new log
@@ -355,7 +335,7 @@ class Registry:
         if not self._validated:  # the first read: nothing to compare with
             self._validated = True
             self._raw, self._records, self._all = raw, {}, None
-            self._epoch, self._touched, self._all_at = self._epoch + 1, [], 0
+            self._epoch, self._touched = self._epoch + 1, []
             return
         # Read anew (another worker folded the log): what differs is what changed.
         old = self._raw
@@ -364,11 +344,14 @@ class Registry:
         for name in changed:
             self._records.pop(name, None)
         self._touched.extend(changed)
+        if changed:
+            self._all = None
 
     def _set(self, name: str, data: Any) -> None:
         self._records.pop(name, None)
+        self._all = None
         if len(self._touched) >= TOUCHED_LIMIT:  # a new epoch: every reader looks at all
-            self._epoch, self._touched, self._all, self._all_at = self._epoch + 1, [], None, 0
+            self._epoch, self._touched = self._epoch + 1, []
         self._touched.append(name)
         if data is None:
             self._raw.pop(name, None)
@@ -393,10 +376,6 @@ class Registry:
             self._refresh()
             if self._all is None:
                 self._all = {n: self._record(n) for n in sorted(self._raw)}  # type: ignore
-            elif self._all_at < len(self._touched):  # a copy, with the projects changed
-                self._all = _remade(self._all, set(self._touched[self._all_at:]),
-                                      self._record)
-            self._all_at = len(self._touched)
             return self._all
 
     def changed_since(self, cursor: tuple[int, int] | None
@@ -410,11 +389,6 @@ class Registry:
             if cursor is None or cursor[0] != self._epoch or cursor[1] > now[1]:
                 return now, None
             return now, set(self._touched[cursor[1]:])
-
-    def names(self) -> list[str]:
-        with self._lock:
-            self._refresh()
-            return list(self._raw)
 
     # -- changing
 
