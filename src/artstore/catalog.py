@@ -57,6 +57,21 @@ CHANGES_LIMIT = 1 << 20  # bytes of changes.log before it is started anew
 TOUCHED_LIMIT = 100_000  # project changes a worker remembers before it forgets them all
 
 
+def cached_manifest(cache: dict[tuple[str, str, str], dict[str, tuple[str, int]]],
+                    key: tuple[str, str, str],
+                    load: Callable[[], Mapping[str, Any]]) -> dict[str, tuple[str, int]]:
+    """A manifest from ``cache`` (the MANIFEST_CACHE latest read; manifests never change),
+    else ``load``ed (path -> [sha256, size]) and kept. Safe from several threads."""
+    found = cache.get(key)
+    if found is None:
+        found = {path: (sha, size) for path, (sha, size) in load().items()}
+        while len(cache) >= MANIFEST_CACHE:
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                cache.pop(next(iter(cache)))  # another thread may take it first
+        cache[key] = found
+    return found
+
+
 # -------------------------------------------------------------------- records
 
 
@@ -613,16 +628,11 @@ class FileCatalog:
 
     def manifest(self, project: str, item: str, release: str) -> dict[str, tuple[str, int]]:
         """A release's manifest ({} for one of an old store not upgraded yet)."""
-        key = (project, item, release)
-        found = self._manifests.get(key)
-        if found is None:
-            data = storage.read_json(self._manifest_dir(project, item) / f"{release}.json",
-                                     {"files": {}})
-            found = {path: (sha, size) for path, (sha, size) in data["files"].items()}
-            if len(self._manifests) >= MANIFEST_CACHE:
-                self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[key] = found
-        return found
+        def load() -> Mapping[str, Any]:
+            return storage.read_json(self._manifest_dir(project, item) / f"{release}.json",
+                                     {"files": {}})["files"]  # type: ignore[no-any-return]
+
+        return cached_manifest(self._manifests, (project, item, release), load)
 
     def manifest_ids(self, project: str, item: str) -> set[str]:
         with contextlib.suppress(FileNotFoundError):

@@ -36,13 +36,13 @@ import psycopg
 from psycopg.types.json import Json
 
 from .catalog import (
-    MANIFEST_CACHE,
     Cursor,
     ItemState,
     Manifest,
     Project,
     ProjectChanges,
     _trusted_project,
+    cached_manifest,
 )
 from .errors import ConfigError
 
@@ -334,16 +334,13 @@ class PostgresCatalog:
     def manifest(self, project: str, item: str, release: str) -> dict[str, tuple[str, int]]:
         """A release's manifest ({} if it has none)."""
         key = (project, item, release)
-        found = self._manifests.get(key)
-        if found is None:
+
+        def load() -> Mapping[str, Any]:
             rows = self._query("SELECT files FROM manifests "
                                "WHERE project = %s AND item = %s AND release = %s", key)
-            found = {path: (sha, size) for path, (sha, size) in
-                     (rows[0][0] if rows else {}).items()}
-            if len(self._manifests) >= MANIFEST_CACHE:
-                self._manifests.pop(next(iter(self._manifests)), None)
-            self._manifests[key] = found
-        return found
+            return rows[0][0] if rows else {}  # type: ignore[no-any-return]
+
+        return cached_manifest(self._manifests, key, load)
 
     def manifest_ids(self, project: str, item: str) -> set[str]:
         return {release for release, in self._query(
