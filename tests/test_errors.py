@@ -40,6 +40,20 @@ def test_oversize_body_is_a_413_problem_before_reading(client: Any, make_project
     assert list(settings.temp_path.iterdir()) == []
 
 
+def test_an_unavailable_object_store_is_a_503_problem_saying_so(
+        client: Any, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from artstore.errors import ServiceUnavailable
+
+    def unavailable() -> None:
+        raise ServiceUnavailable("the object store is unavailable: could not list blobs: "
+                                 "cannot connect")
+
+    monkeypatch.setattr(app.extensions["artstore"].store, "list_projects", unavailable)
+    body = assert_problem(client.get("/"), 503)
+    assert body["title"] == "Service Unavailable"
+    assert "object store is unavailable" in body["detail"]
+
+
 def test_unexpected_exception_is_a_500_problem_with_request_id_and_no_traceback(
         client: Any, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
     store = app.extensions["artstore"].store

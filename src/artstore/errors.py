@@ -69,6 +69,14 @@ class Unprocessable(ArtstoreError):
     title = "Unprocessable Content"
 
 
+class ServiceUnavailable(ArtstoreError):
+    """A service the store needs (the object store) does not answer, or answers with its
+    own failure: retrying later may work."""
+
+    status = 503
+    title = "Service Unavailable"
+
+
 class InsufficientStorage(ArtstoreError):
     status = 507
     title = "Insufficient Storage"
