@@ -50,6 +50,11 @@ def test_relative_paths_are_resolved_against_the_state_directory(tmp_path: Path)
     ({"base_path": "p", "temp_path": "t", "default_keep": True}, "default_keep"),
     ({"base_path": "p", "temp_path": "t", "catalog": "mysql://db"}, "catalog"),
     ({"base_path": "p", "temp_path": "t", "catalog": "projects.json"}, "catalog"),
+    ({"base_path": "p", "temp_path": "t", "blob_store": "/var/blobs"}, "blob_store"),
+    ({"base_path": "p", "temp_path": "t", "blob_store": "s3://My_Bucket"}, "blob_store"),
+    ({"base_path": "p", "temp_path": "t", "blob_store": "s3://ab"}, "blob_store"),
+    ({"base_path": "p", "temp_path": "t", "blob_store": "s3://bucket/a/../b"}, "blob_store"),
+    ({"base_path": "p", "temp_path": "t", "s3_endpoint": "localhost:8333"}, "s3_endpoint"),
     ({"temp_path": "t"}, "base_path"),
     ({"base_path": "", "temp_path": "t"}, "base_path"),
 ])
@@ -82,3 +87,14 @@ def test_config_is_found_by_flag_then_environment_then_etc() -> None:
     assert s.config_path("/x.json", {"ARTSTORE_CONFIG": "/y.json"}) == Path("/x.json")
     assert s.config_path(None, {"ARTSTORE_CONFIG": "/y.json"}) == Path("/y.json")
     assert s.config_path(None, {}) == Path("/etc/artstore/artstore.json")
+
+
+def test_blob_store_names_a_bucket_and_a_prefix(tmp_path: Path) -> None:
+    (tmp_path / "artstore.json").write_text(json.dumps({
+        "base_path": "p", "temp_path": "t", "blob_store": "s3://ci-artifacts/team/a/",
+        "s3_endpoint": "http://seaweedfs:8333"}))
+    got = s.load(tmp_path / "artstore.json", environ={"ARTSTORE_S3_SECRET_KEY": "sk"})
+    assert s.s3_location(got.blob_store) == ("ci-artifacts", "team/a/")
+    assert got.s3_endpoint == "http://seaweedfs:8333" and got.s3_secret_key == "sk"
+    assert s.s3_location("s3://ci-artifacts") == ("ci-artifacts", "")
+    assert s.load(tmp_path / "artstore.json", environ={"ARTSTORE_BLOB_STORE": ""}).blob_store == ""

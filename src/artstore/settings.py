@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from .errors import ConfigError
 DEFAULT_CONFIG = "/etc/artstore/artstore.json"
 GiB = 1024**3
 CATALOG_SCHEMES = ("postgresql://", "postgres://")
+# S3's rule for bucket names (3-63 lowercase letters, digits, dots, hyphens).
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the catalog (projects, items, releases, tokens) lives. Empty: the state "
             "directory. A postgresql:// URL: that PostgreSQL database (needs the postgres "
             "extra; a password is better given by PGPASSWORD or ~/.pgpass than in the URL)."),
+    Setting("blob_store", str, "",
+            "Where the published files' bytes live. Empty: under base_path. An "
+            "s3://bucket/prefix URL: that bucket of an S3-compatible object store, under "
+            "the prefix (needs the s3 extra; the bucket must exist and need not be public)."),
+    Setting("s3_endpoint", str, "",
+            "The object store's URL (e.g. http://seaweedfs:8333). Empty: AWS S3."),
+    Setting("s3_region", str, "",
+            "The object store's region. Empty: AWS_REGION or AWS_DEFAULT_REGION, else "
+            "us-east-1."),
+    Setting("s3_access_key", str, "",
+            "The object store's access key. Empty: the standard AWS sources "
+            "(AWS_ACCESS_KEY_ID, ~/.aws/credentials, an instance role)."),
+    Setting("s3_secret_key", str, "",
+            "The object store's secret key. Empty: the standard AWS sources "
+            "(AWS_SECRET_ACCESS_KEY, ...); better given there than in artstore.json."),
     Setting("trusted_proxies", int, 0,
             "How many proxies in front of the service to trust for X-Forwarded-For, -Proto, "
             "-Host and -Prefix (1 behind the sample nginx)."),
@@ -96,6 +114,11 @@ class Settings:
     serve_files: bool = False
     collect_interval: int = 3600
     catalog: str = ""
+    blob_store: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
     trusted_proxies: int = 0
 
 
@@ -150,9 +173,31 @@ def from_mapping(
     if values.get("catalog") and not values["catalog"].startswith(CATALOG_SCHEMES):
         raise ConfigError("setting 'catalog': expected empty (the state directory) or a "
                           "postgresql:// URL")
+    if values.get("blob_store"):
+        s3_location(values["blob_store"])
+    if values.get("s3_endpoint") and not values["s3_endpoint"].startswith(
+            ("http://", "https://")):
+        raise ConfigError("setting 's3_endpoint': expected an http:// or https:// URL")
     if "public_url" in values:
         values["public_url"] = values["public_url"].rstrip("/")
     return Settings(state_dir=state_dir, **values)
+
+
+def s3_location(url: str) -> tuple[str, str]:
+    """The bucket and key prefix (empty, or ending in ``/``) of a ``blob_store`` URL
+    ``s3://bucket/prefix``; ConfigError if it is not one."""
+    where = "setting 'blob_store'"
+    if not url.startswith("s3://"):
+        raise ConfigError(f"{where}: expected empty (under base_path) or an "
+                          f"s3://bucket/prefix URL, got {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(f"{where}: {bucket!r} is not a bucket name (3-63 lowercase "
+                          "letters, digits, dots and hyphens)")
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"{where}: the prefix {prefix!r} has an empty, . or .. part")
+    return bucket, prefix + "/" if prefix else ""
 
 
 def config_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
