@@ -168,3 +168,31 @@ def postgres() -> Iterator[Any]:
 def pg_url(postgres: Any) -> str:
     """The URL of a fresh, empty database."""
     return str(postgres.new_database())
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[Any]:
+    """A SeaweedFS for the session (tests/s3.py); skips if there is none."""
+    pytest.importorskip("boto3", reason="boto3 is not installed (the s3 extra)")
+    from tests import s3
+
+    try:
+        server = s3.start()
+    except RuntimeError as exc:
+        pytest.skip(f"no SeaweedFS for the tests: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs: Any) -> Iterator[Any]:
+    """A fresh, empty bucket on the session's SeaweedFS (``tests.s3.Bucket``: ``name``,
+    ``endpoint``, keys, and ``server`` to stop and start), removed after the test. The
+    server is running at the start and the end of every test, whatever the test did."""
+    from tests import s3
+
+    seaweedfs.start()
+    bucket = s3.Bucket(seaweedfs, seaweedfs.new_bucket())
+    yield bucket
+    seaweedfs.start()
+    seaweedfs.remove_bucket(bucket.name)
