@@ -267,6 +267,7 @@ class S3BlobStore:
                                     f"{errors[0].get('Message', '')}".rstrip())
 
     def _upload(self, sha256: str, path: str, content_type: str) -> None:
+        content_type = content_type or "application/octet-stream"  # never the engine's guess
         if os.path.getsize(path) > MULTIPART_BYTES:
             self._upload_parts(sha256, path, content_type)
             return
