@@ -98,3 +98,13 @@ def test_blob_store_names_a_bucket_and_a_prefix(tmp_path: Path) -> None:
     assert got.s3_endpoint == "http://seaweedfs:8333" and got.s3_secret_key == "sk"
     assert s.s3_location("s3://ci-artifacts") == ("ci-artifacts", "")
     assert s.load(tmp_path / "artstore.json", environ={"ARTSTORE_BLOB_STORE": ""}).blob_store == ""
+
+
+def test_a_store_refuses_a_blob_store_it_does_not_use_yet(tmp_path: Path) -> None:
+    from artstore.store import Store
+
+    loaded = s.from_mapping({"base_path": "p", "temp_path": "t",
+                             "blob_store": "s3://ci-artifacts/team/"}, tmp_path, environ={})
+    with pytest.raises(ConfigError, match="blob_store"):
+        Store(loaded)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "t").exists()

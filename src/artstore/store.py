@@ -45,6 +45,7 @@ from .catalog import (
 )
 from .errors import (
     BadRequest,
+    ConfigError,
     Conflict,
     InsufficientStorage,
     NotFound,
@@ -140,6 +141,10 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.blob_store:  # never keep bytes on disk while the settings say a bucket
+            raise ConfigError("setting 'blob_store': the S3 blob store is not wired into the "
+                              "store yet (issue 17); leave it empty to keep bytes under "
+                              "base_path")
         settings.temp_path.mkdir(parents=True, exist_ok=True)
         self.catalog = open_catalog(settings)  # a broken projects.json stops us
         self.blobs = LocalBlobStore(settings.base_path)
